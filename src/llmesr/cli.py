@@ -1,0 +1,238 @@
+"""The ``llmesr`` command. Thin: it parses arguments and calls library functions.
+
+User mistakes (:class:`llmesr.errors.LlmesrError`, missing files, bad options) end with a
+one-line ``llmesr: error: ...`` on stderr and exit status 2, without a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from llmesr import __version__
+from llmesr.config import LongTailConfig, PrepareConfig, coerce
+from llmesr.errors import LlmesrError
+
+# Preprocessing flags: (flag, PrepareConfig field, help).
+_PREP_FLAGS = [
+    ("--min-rating", "min_rating", "keep interactions with rating >= X"),
+    ("--date-start", "date_start", "keep interactions at or after this date/time (UTC)"),
+    ("--date-end", "date_end", "keep interactions at or before this date/time (UTC)"),
+    ("--order", "order", "history order: timestamp (stable) | file"),
+    ("--duplicates", "duplicates", "repeated (user, item) pairs: keep | first | last"),
+    ("--kcore-user", "kcore_user", "minimum interactions per user in the k-core"),
+    ("--kcore-item", "kcore_item", "minimum interactions per item in the k-core"),
+    ("--kcore-mode", "kcore_mode", "single (one pass, as the paper code) | iterative"),
+    ("--min-history", "min_history", "drop users with fewer interactions"),
+    ("--short-users", "short_users", "users with < 3 interactions: keep | no_eval | drop"),
+    ("--id-order", "id_order", "id numbering: first_appearance | file | source"),
+]
+_LT_FLAGS = [
+    ("--ts-user", "ts_user", "tail-user threshold: test history length < N"),
+    ("--ts-item", "ts_item", "tail-item threshold: target popularity < N"),
+    ("--popularity", "popularity", "popularity: paper (all splits) | train (training only)"),
+    ("--pareto-share", "pareto_share", "share for derived thresholds (default 0.8)"),
+    ("--max-len", "max_len", "history cap used for user groups (default 200)"),
+]
+# `prepare table` column flags -> table reader options.
+_TABLE_FLAGS = [
+    ("--user-col", "user_col", "user id column (default user_id)"),
+    ("--item-col", "item_col", "item id column (default item_id)"),
+    ("--time-col", "time_col", "timestamp column (seconds, milliseconds or dates)"),
+    ("--rating-col", "rating_col", "rating column"),
+    ("--item-id-col", "item_id_col", "item id column of the items file (default: --item-col)"),
+    ("--text-fields", "text_fields", "comma-separated text columns of the items file"),
+    ("--sep", "sep", "field separator for CSV/TSV"),
+    ("--format", "format", "interactions format: auto | csv | tsv | parquet | jsonl"),
+    ("--time-unit", "time_unit", "auto | s | ms | iso"),
+]
+
+
+def _kv(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected key=value, got {text!r}")
+    return key.strip(), value.strip()
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, exit 2 (argparse's own convention)
+        self.print_usage(sys.stderr)
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="llmesr", description="Long-tail sequential recommendation enhanced by "
+                "language-model embeddings (LLM-ESR).")
+    p.add_argument("--version", action="version", version=f"llmesr {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    prep = sub.add_parser(
+        "prepare", help="turn a dataset or raw files into a dataset directory",
+        description="Read a named dataset (see 'llmesr datasets') or files in a known format, "
+                    "filter, split leave-one-out, compute long-tail groups and write DIR.",
+        epilog="examples:\n  llmesr prepare beauty-s3rec --out data/beauty\n"
+               "  llmesr prepare amazon2014-beauty --source ~/Downloads --out data/beauty14\n"
+               "  llmesr prepare table --source ratings.csv --items items.csv --user-col uid "
+               "--item-col iid --time-col ts --text-fields title,genres --out data/mine",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    prep.add_argument("name", help="dataset name or format name")
+    prep.add_argument("--source", help="input file or folder (optional for local snapshots)")
+    prep.add_argument("--items", help="item text / metadata file, when not found from --source")
+    prep.add_argument("--out", required=True, help="output dataset directory")
+    prep.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    prep.add_argument("-o", "--option", action="append", type=_kv, default=[],
+                      metavar="KEY=VALUE", help="reader option (repeatable)")
+    for flag, dest, hlp in _PREP_FLAGS:
+        prep.add_argument(flag, dest=f"prep_{dest}", help=hlp)
+    for flag, dest, hlp in _LT_FLAGS:
+        prep.add_argument(flag, dest=f"lt_{dest}", help=hlp)
+    for flag, dest, hlp in _TABLE_FLAGS:
+        prep.add_argument(flag, dest=f"tbl_{dest}", help=f"(table) {hlp}")
+    prep.add_argument("--quiet", action="store_true", help="print nothing but errors")
+
+    info = sub.add_parser("info", help="print statistics of a prepared dataset",
+                          epilog="example:\n  llmesr info data/beauty",
+                          formatter_class=argparse.RawDescriptionHelpFormatter)
+    info.add_argument("dir", help="dataset directory written by 'llmesr prepare'")
+    info.add_argument("--json", action="store_true", help="print the manifest as JSON")
+    info.add_argument("--verify", action="store_true", help="check every file's sha256")
+
+    ds = sub.add_parser("datasets", help="list the named datasets and the input formats")
+    ds.add_argument("--json", action="store_true")
+
+    demo = sub.add_parser(
+        "demo", help="run the end-to-end demo on MovieLens 100K",
+        description="Prepare MovieLens 100K and print its long-tail statistics. (Embedding, "
+                    "training and the result table join the demo as those stages land.)")
+    demo.add_argument("--source", help="folder with ml-100k.inter/.item (default: the shared "
+                      "data folder)")
+    demo.add_argument("--out", default="demo_out", help="working directory (default demo_out)")
+    return p
+
+
+def _settings(args: argparse.Namespace, prefix: str, flags: list, cls: type) -> dict[str, Any]:
+    out = {}
+    for _flag, dest, _h in flags:
+        value = getattr(args, f"{prefix}{dest}")
+        if value is not None:
+            out[dest] = coerce(cls, dest, value)
+    return out
+
+
+def cmd_prepare(args: argparse.Namespace) -> int:
+    from llmesr.data.pipeline import prepare
+
+    options = dict(args.option)
+    table_opts = {dest: getattr(args, f"tbl_{dest}") for _f, dest, _h in _TABLE_FLAGS
+                  if getattr(args, f"tbl_{dest}") is not None}
+    if table_opts and args.name != "table":
+        raise LlmesrError(f"{', '.join('--' + k.replace('_', '-') for k in table_opts)} only "
+                          "apply to 'prepare table'; use -o KEY=VALUE for other formats")
+    options.update(table_opts)
+    prepare(args.name, args.out, source=args.source, items=args.items, reader_options=options,
+            settings=_settings(args, "prep_", _PREP_FLAGS, PrepareConfig),
+            longtail=_settings(args, "lt_", _LT_FLAGS, LongTailConfig),
+            overwrite=args.overwrite, log=(lambda *a, **k: None) if args.quiet else print)
+    if not args.quiet:
+        from llmesr.data.artifact import load_dataset
+        print(format_info(load_dataset(args.out).manifest))
+    return 0
+
+
+def format_info(m: dict[str, Any]) -> str:
+    """Human-readable statistics of a dataset manifest."""
+    c, g, t = m["counts"], m["groups"], m["text"]
+    lines = [
+        f"dataset      {m['name']}  (reader {m['reader']['name']}, llmesr {m['llmesr_version']})",
+        f"users        {c['users']:,}   evaluated {c['evaluated_users']:,}"
+        f"   with < 3 interactions {c['users_under_3']:,}",
+        f"items        {c['items']:,}",
+        f"interactions {c['interactions']:,}   history length mean {c['mean_length']:.2f}, "
+        f"min {c['min_length']}, max {c['max_length']}   sparsity {100 * c['sparsity']:.3f}%",
+        f"order        {m['order_applied']}   repeated (user, item) pairs "
+        f"{c['repeated_pairs']:,}   timestamps {'yes' if c['has_timestamps'] else 'no'}",
+        f"thresholds   ts_user = {g['ts_user']} ({g['threshold_source']['ts_user']}), "
+        f"ts_item = {g['ts_item']} ({g['threshold_source']['ts_item']}), "
+        f"popularity = {g['popularity']}",
+        f"test cases   {g['test_cases']:,}",
+        f"  tail users {g['tail_user']:,} ({100 * g['tail_user_share']:.1f}%)   head users "
+        f"{g['head_user']:,}",
+        f"  tail items {g['tail_item']:,} ({100 * g['tail_item_case_share']:.1f}%)   head items "
+        f"{g['head_item']:,}",
+        f"catalogue    {g['tail_items']:,} tail items ({100 * g['tail_items_share']:.1f}% of "
+        f"items) hold {100 * g['tail_items_popularity_share']:.1f}% of the popularity mass",
+        f"text         fields {', '.join(t['fields']) or '(none)'}; items with text "
+        f"{t['items_with_any_text']:,} / {c['items']:,}",
+    ]
+    for step in m.get("filter_log", []):
+        lines.append(f"  {step['step']:<55} {step['users']:>9,} users {step['items']:>9,} "
+                     f"items {step['interactions']:>11,} interactions")
+    return "\n".join(lines)
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    from llmesr.data.artifact import load_dataset
+
+    ds = load_dataset(args.dir, verify=args.verify)
+    if args.json:
+        print(json.dumps(ds.manifest, indent=2))
+    else:
+        print(format_info(ds.manifest))
+        if args.verify:
+            print("checksums    all files match manifest.json")
+    return 0
+
+
+def cmd_datasets(args: argparse.Namespace) -> int:
+    from llmesr.data.readers import _registry
+    from llmesr.data.registry import ENTRIES
+
+    if args.json:
+        print(json.dumps({"datasets": {n: {"reader": e.reader, "summary": e.summary,
+                                           "download": list(e.download)}
+                                       for n, e in ENTRIES.items()},
+                          "formats": {n: s.summary for n, s in _registry().items()}}, indent=2))
+        return 0
+    print("datasets (llmesr prepare NAME --out DIR [--source PATH]):")
+    for n, e in ENTRIES.items():
+        print(f"  {n:<20} {e.summary}")
+    print("\nformats (llmesr prepare FORMAT --source PATH [--items PATH] [-o key=value] ...):")
+    for n, s in _registry().items():
+        print(f"  {n:<20} {s.summary}  [options: {', '.join(s.options()) or 'none'}]")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from llmesr.data.artifact import load_dataset
+    from llmesr.data.pipeline import prepare
+
+    out = Path(args.out) / "ml-100k"
+    prepare("ml-100k", out, source=args.source, overwrite=True)
+    print(format_info(load_dataset(out).manifest))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    handlers = {"prepare": cmd_prepare, "info": cmd_info, "datasets": cmd_datasets,
+                "demo": cmd_demo}
+    try:
+        return handlers[args.command](args)
+    except LlmesrError as e:
+        print(f"llmesr: error: {e}", file=sys.stderr)
+        return 2
+    except FileNotFoundError as e:
+        print(f"llmesr: error: file not found: {e.filename}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("llmesr: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
