@@ -84,6 +84,10 @@ def build_parser() -> argparse.ArgumentParser:
     prep.add_argument("--items", help="item text / metadata file, when not found from --source")
     prep.add_argument("--out", required=True, help="output dataset directory")
     prep.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    prep.add_argument("--download", action="store_true",
+                      help="download a raw-source dataset's files first (into --cache-dir)")
+    prep.add_argument("--cache-dir", help="download folder (default $LLMESR_CACHE or "
+                      "~/.cache/llmesr)")
     prep.add_argument("-o", "--option", action="append", type=_kv, default=[],
                       metavar="KEY=VALUE", help="reader option (repeatable)")
     for flag, dest, hlp in _PREP_FLAGS:
@@ -108,8 +112,10 @@ def build_parser() -> argparse.ArgumentParser:
         "demo", help="run the end-to-end demo on MovieLens 100K",
         description="Prepare MovieLens 100K and print its long-tail statistics. (Embedding, "
                     "training and the result table join the demo as those stages land.)")
-    demo.add_argument("--source", help="folder with ml-100k.inter/.item (default: the shared "
-                      "data folder)")
+    demo.add_argument("--source", help="a local MovieLens 100K folder (GroupLens 'ml-100k' "
+                      "with u.data, or RecBole files ml-100k.inter/.item); default: fetch it")
+    demo.add_argument("--cache-dir", help="download folder (default $LLMESR_CACHE or "
+                      "~/.cache/llmesr)")
     demo.add_argument("--out", default="demo_out", help="working directory (default demo_out)")
     return p
 
@@ -133,7 +139,18 @@ def cmd_prepare(args: argparse.Namespace) -> int:
         raise LlmesrError(f"{', '.join('--' + k.replace('_', '-') for k in table_opts)} only "
                           "apply to 'prepare table'; use -o KEY=VALUE for other formats")
     options.update(table_opts)
-    prepare(args.name, args.out, source=args.source, items=args.items, reader_options=options,
+    source = args.source
+    if args.download:
+        from llmesr.data.fetch import download_entry
+        from llmesr.data.registry import get_entry
+
+        entry = get_entry(args.name)
+        if entry is None:
+            raise LlmesrError("--download works with named datasets (see 'llmesr datasets')")
+        if source is not None:
+            raise LlmesrError("give either --download or --source, not both")
+        source = download_entry(entry, Path(args.cache_dir) if args.cache_dir else None)
+    prepare(args.name, args.out, source=source, items=args.items, reader_options=options,
             settings=_settings(args, "prep_", _PREP_FLAGS, PrepareConfig),
             longtail=_settings(args, "lt_", _LT_FLAGS, LongTailConfig),
             overwrite=args.overwrite, log=(lambda *a, **k: None) if args.quiet else print)
@@ -208,10 +225,24 @@ def cmd_datasets(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from llmesr.data.artifact import load_dataset
+    from llmesr.data.fetch import movielens_100k
     from llmesr.data.pipeline import prepare
+    from llmesr.data.registry import ENTRIES
 
+    if args.source:
+        src = Path(args.source)
+        if (src / "u.data").is_file():
+            name = "movielens-100k"
+        elif (src / "ml-100k.inter").is_file():
+            name = "ml-100k"
+        else:
+            raise LlmesrError(f"{src} holds neither u.data (GroupLens) nor ml-100k.inter "
+                              "(RecBole)")
+    else:
+        name, src = movielens_100k(Path(args.cache_dir) if args.cache_dir else None)
     out = Path(args.out) / "ml-100k"
-    prepare("ml-100k", out, source=args.source, overwrite=True)
+    # The same recipe whichever copy was found: all ratings, ordered by timestamp.
+    prepare(name, out, source=src, settings=dict(ENTRIES["ml-100k"].prepare), overwrite=True)
     print(format_info(load_dataset(out).manifest))
     return 0
 

@@ -37,8 +37,10 @@ class DatasetEntry:
     paper_thresholds: tuple[int, int] | None = None
     #: folder name under the shared data root (local snapshots only).
     folder: str | None = None
-    #: where a user gets the files.
+    #: where a user gets the files (human-readable).
     download: tuple[str, ...] = ()
+    #: files that ``llmesr prepare NAME --download`` fetches.
+    urls: tuple[str, ...] = ()
     notes: str = ""
     #: whether every item must have text (a missing text is then an error).
     require_text: bool = False
@@ -111,10 +113,12 @@ ENTRIES: dict[str, DatasetEntry] = {e.name: e for e in [
                  "order": "timestamp", "duplicates": "keep", "short_users": "keep",
                  "id_order": "file"},
         paper_thresholds=(9, 4),
-        download=("http://snap.stanford.edu/data/amazon/productGraph/categoryFiles/"
-                  "reviews_Beauty.json.gz",
-                  "http://snap.stanford.edu/data/amazon/productGraph/categoryFiles/"
-                  "meta_Beauty.json.gz"),
+        download=("http://snap.stanford.edu/data/amazon/productGraph/categoryFiles/ "
+                  "(reviews_Beauty.json.gz and meta_Beauty.json.gz)",),
+        urls=("http://snap.stanford.edu/data/amazon/productGraph/categoryFiles/"
+              "reviews_Beauty.json.gz",
+              "http://snap.stanford.edu/data/amazon/productGraph/categoryFiles/"
+              "meta_Beauty.json.gz"),
         notes="Reproduces the authors' released Beauty statistics (394,908 interactions; 1,706 "
               "users with < 3 interactions, kept as the paper does)."),
     DatasetEntry(
@@ -125,10 +129,12 @@ ENTRIES: dict[str, DatasetEntry] = {e.name: e for e in [
                  "order": "timestamp", "duplicates": "keep", "short_users": "keep",
                  "id_order": "first_appearance"},
         paper_thresholds=(3, 4),
-        download=("https://datarepo.eng.ucsd.edu/mcauley_group/data/amazon_v2/categoryFiles/"
-                  "AMAZON_FASHION.json.gz",
-                  "https://datarepo.eng.ucsd.edu/mcauley_group/data/amazon_v2/metaFiles2/"
-                  "meta_AMAZON_FASHION.json.gz"),
+        download=("https://nijianmo.github.io/amazon/ (AMAZON_FASHION.json.gz and "
+                  "meta_AMAZON_FASHION.json.gz)",),
+        urls=("https://datarepo.eng.ucsd.edu/mcauley_group/data/amazon_v2/categoryFiles/"
+              "AMAZON_FASHION.json.gz",
+              "https://datarepo.eng.ucsd.edu/mcauley_group/data/amazon_v2/metaFiles2/"
+              "meta_AMAZON_FASHION.json.gz"),
         notes="The released code does not reproduce the authors' Fashion file (SPEC §1.3); use "
               "llmesr-fashion for the exact split."),
     DatasetEntry(
