@@ -43,14 +43,11 @@ FORMAT_VERSION = 1
 KIND = "llmesr-dataset"
 
 
-def _text_coverage(table: pd.DataFrame, fields: list[str]) -> dict[str, int]:
-    out = {}
-    for f in fields:
-        col = table[f]
-        filled = col.map(lambda v: v is not None and not (isinstance(v, float) and np.isnan(v))
-                         and (len(v) > 0 if hasattr(v, "__len__") else True))
-        out[f] = int(filled.sum())
-    return out
+def _has_text(value: Any) -> bool:
+    """A field value counts as text when it is present and not empty ("", [], NaN)."""
+    if value is None or (isinstance(value, float) and np.isnan(value)):
+        return False
+    return len(value) > 0 if hasattr(value, "__len__") else True
 
 
 def _parquet_safe(table: pd.DataFrame) -> pd.DataFrame:
@@ -100,12 +97,10 @@ def write_dataset(out: str | Path, prepared: Prepared, groups: Groups, *, name: 
     items.insert(2, "popularity", groups.popularity[1:])
     items.insert(3, "tail_item", groups.popularity[1:] < groups.ts_item)
 
-    coverage = _text_coverage(p.item_table, p.text_fields)
-    with_any = np.zeros(n_items, dtype=bool)
-    for f in p.text_fields:
-        col = p.item_table[f]
-        with_any |= col.map(lambda v: v is not None and v != "" and v != []).to_numpy()
-    summary = groups.summary(test_item if p.evaluated.any() else last, p.evaluated)
+    filled = {f: p.item_table[f].map(_has_text).to_numpy(dtype=bool) for f in p.text_fields}
+    coverage = {f: int(v.sum()) for f, v in filled.items()}
+    with_any = np.logical_or.reduce(list(filled.values())) if filled else np.zeros(n_items, bool)
+    summary = groups.summary(last, p.evaluated)
 
     source_entries = []
     for s in sources:

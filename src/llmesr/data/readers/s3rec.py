@@ -133,7 +133,8 @@ def read_s3rec(source: Path, items: Path | None = None, *, raw_sequences: str | 
     Options:
         raw_sequences: path to the same sequences written with raw ids (``reviewerID ASIN ASIN
             ...``); an item's numeric id is the order of first appearance of its raw key. Gives
-            users their raw ids, items an ``asin`` column, and lets the text file use raw keys.
+            users their raw ids, items a ``raw_key`` column, and lets the text file use raw
+            keys.
         text_keys: how item-text keys name items: ``item_id`` (the numeric id), ``zero_based``
             (key k is item k+1, as in LETTER's ``Yelp.item.json``), ``raw`` (raw keys through
             ``raw_sequences``); ``auto`` = ``raw`` when ``raw_sequences`` is given, else
