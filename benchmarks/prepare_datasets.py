@@ -9,13 +9,13 @@ reading, checksum verification, filtering, grouping and writing the artifact.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
-import resource
 import tempfile
 import time
 from pathlib import Path
+
+from _common import emit
 
 from llmesr.data.pipeline import prepare
 from llmesr.data.registry import ENTRIES
@@ -49,11 +49,7 @@ def main() -> None:
             "prepare_seconds_best": round(min(times), 3),
             "prepare_seconds_all": [round(t, 3) for t in times],
         }
-    results["peak_rss_mib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
-    text = json.dumps(results, indent=2)
-    print(text)
-    if args.out:
-        Path(args.out).write_text(text + "\n")
+    emit(results, args.out)
 
 
 if __name__ == "__main__":

@@ -14,12 +14,13 @@ from __future__ import annotations
 import argparse
 import gzip
 import json
-import resource
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+
+from _common import emit
 
 from llmesr.data.pipeline import prepare
 
@@ -83,12 +84,7 @@ def main() -> None:
                 "read_seconds": m["timing_seconds"]["read"],
                 "users": m["counts"]["users"], "items": m["counts"]["items"],
                 "interactions": m["counts"]["interactions"]}
-        result["peak_rss_mib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-                                       1)
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.out:
-        Path(args.out).write_text(text + "\n")
+    emit(result, args.out)
 
 
 if __name__ == "__main__":
