@@ -25,8 +25,8 @@ def read_sequence_lines(path: Path, numeric: bool = True) -> tuple[list[str], li
         if numeric and not _INT_LINE.fullmatch(line):
             toks = line.split()
             if len(toks) < 2:
-                raise DataFormatError(f"{path}:{lineno}: expected 'user item item ...', got "
-                                      f"{line[:60]!r} (a user with no items)")
+                raise DataFormatError(f"{path}:{lineno}: expected 'user item item ...' "
+                                      f"(space-separated integer ids), got {line[:60]!r}")
             bad = next(t for t in toks if not t.isdigit())
             raise DataFormatError(f"{path}:{lineno}: '{bad}' is not a positive integer id "
                                   "(this format has numeric ids; use the table reader for "
