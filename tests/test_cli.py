@@ -148,3 +148,25 @@ def test_console_script_exit_code(tmp_path):
 def test_datasets_listing(capsys):
     code, out, _ = run(["datasets"], capsys)
     assert code == 0 and "beauty-s3rec" in out and "amazon2014" in out
+
+
+def test_import_authors_needs_allow_pickle(tmp_path, capsys):
+    code, _, err = run(["import-authors", str(tmp_path), "--source", str(tmp_path)], capsys)
+    assert_clean_error(code, err, "--allow-pickle")
+
+
+def test_embed_cli_with_hash_encoder(tmp_path, csv_files, capsys):
+    inter, items = csv_files
+    out = tmp_path / "ds"
+    assert main(["prepare", "table", "--source", str(inter), "--items", str(items),
+                 "--user-col", "uid", "--item-col", "iid", "--time-col", "ts", "--kcore-user",
+                 "0", "--kcore-item", "0", "--quiet", "--out", str(out)]) == 0
+    code, stdout, _ = run(["embed", str(out), "--encoder", "hash:16", "--pca-dim", "4",
+                           "--neighbors", "3", "--quiet"], capsys)
+    assert code == 0
+    folder = next((out / "semantic").glob("hash16-*"))
+    m = json.loads((folder / "manifest.json").read_text())
+    assert m["stages"]["neighbors"]["k"] == 3 and m["dim"] == 16
+    code, _, err = run(["embed", str(out), "--encoder", "hash:16", "--backend", "annoy"],
+                       capsys)
+    assert_clean_error(code, err, "annoy")

@@ -105,13 +105,65 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("--json", action="store_true", help="print the manifest as JSON")
     info.add_argument("--verify", action="store_true", help="check every file's sha256")
 
+    emb = sub.add_parser(
+        "embed", help="embed item texts and user histories; PCA; similar users",
+        description="Build item and user prompts, embed them with a text encoder (cached by "
+                    "content, resumable), reduce items by PCA and find each user's most "
+                    "similar users. Writes DATA_DIR/semantic/<encoder>/.",
+        epilog="examples:\n  llmesr embed data/beauty\n"
+               "  llmesr embed data/beauty --encoder hash:256 --backend faiss\n"
+               "  llmesr embed data/beauty --encoder openai:text-embedding-3-small "
+               "--encoder-opt base_url=http://127.0.0.1:8000/v1\n"
+               "  llmesr embed data/beauty14 --style paper --domain beauty",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    emb.add_argument("dir", help="dataset directory written by 'llmesr prepare'")
+    emb.add_argument("--encoder", help="default (bundled all-MiniLM-L6-v2) | PATH or NAME of a "
+                     "sentence-transformers model | openai:MODEL | hash[:DIM]")
+    emb.add_argument("--encoder-opt", action="append", type=_kv, default=[], metavar="KEY=VALUE",
+                     help="encoder option, e.g. device=cuda, batch_size=128, base_url=..., "
+                          "api_key_env=... (repeatable)")
+    emb.add_argument("--domain", help="prompt domain: beauty | fashion | <product word> | poi | "
+                     "movie | generic (default: from the dataset)")
+    emb.add_argument("--style", help="prompt style: clean | paper")
+    emb.add_argument("--field", action="append", type=_kv, default=[], metavar="ROLE=COLUMN",
+                     help="use COLUMN of the item table for a prompt role (title, brand, "
+                          "categories, description, ...)")
+    emb.add_argument("--item-template", help="custom item prompt, e.g. '{title} by {brand}'")
+    emb.add_argument("--pca-dim", type=int, default=64, help="PCA size (0 = skip; default 64)")
+    emb.add_argument("--neighbors", type=int, default=100,
+                     help="similar users per user (0 = skip; default 100)")
+    emb.add_argument("--backend", default="exact",
+                     help="similar-user search: exact | faiss | faiss-ivf | faiss-hnsw")
+    emb.add_argument("--no-users", action="store_true", help="items only")
+    emb.add_argument("--cache-dir", help="embedding cache (default DATA_DIR/semantic/.cache)")
+    emb.add_argument("--quiet", action="store_true", help="no progress bars or messages")
+
+    imp = sub.add_parser(
+        "import-authors", help="import the LLM-ESR authors' released embeddings (pickles)",
+        description="Import itm_emb_np.pkl, usr_emb_np.pkl, pca64_itm_emb_np.pkl and "
+                    "sim_user_100.pkl for a dataset prepared from the same inter.txt. Pickle "
+                    "files can run code when loaded: this needs --allow-pickle, and loads only "
+                    "NumPy arrays.",
+        epilog="example:\n  llmesr prepare llmesr-yelp --out data/yelp\n"
+               "  llmesr import-authors data/yelp --source ~/LLM-ESR/data/yelp/handled "
+               "--allow-pickle",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    imp.add_argument("dir", help="dataset directory")
+    imp.add_argument("--source", required=True, help="folder with the authors' .pkl files")
+    imp.add_argument("--allow-pickle", action="store_true",
+                     help="confirm the files come from a trusted source")
+    imp.add_argument("--name", default="authors-ada002", help="output folder name under "
+                     "DATA_DIR/semantic/")
+    imp.add_argument("--overwrite", action="store_true")
+
     ds = sub.add_parser("datasets", help="list the named datasets and the input formats")
     ds.add_argument("--json", action="store_true")
 
     demo = sub.add_parser(
         "demo", help="run the end-to-end demo on MovieLens 100K",
-        description="Prepare MovieLens 100K and print its long-tail statistics. (Embedding, "
-                    "training and the result table join the demo as those stages land.)")
+        description="Get MovieLens 100K, prepare it, print its long-tail statistics, and embed "
+                    "its movies and users with the bundled text encoder. (Training and the "
+                    "result table join the demo as those stages land.)")
     demo.add_argument("--source", help="a local MovieLens 100K folder (GroupLens 'ml-100k' "
                       "with u.data, or RecBole files ml-100k.inter/.item); default: fetch it")
     demo.add_argument("--cache-dir", help="download folder (default $LLMESR_CACHE or "
@@ -223,6 +275,38 @@ def cmd_datasets(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_embed(args: argparse.Namespace) -> int:
+    from llmesr.data.artifact import load_dataset
+    from llmesr.semantic.pipeline import default_prompt_config, embed
+
+    cfg = default_prompt_config(load_dataset(args.dir).manifest)
+    if args.domain:
+        cfg.domain = args.domain
+    if args.style:
+        cfg.style = args.style
+    if args.field:
+        cfg.fields = {**cfg.fields, **dict(args.field)}
+    if args.item_template:
+        cfg.item_template = args.item_template
+    options: dict[str, Any] = {}
+    for key, value in args.encoder_opt:
+        options[key] = int(value) if value.isdigit() else value
+    embed(args.dir, encoder=args.encoder, encoder_options=options, prompt=cfg,
+          pca_dim=args.pca_dim, neighbors=args.neighbors, backend=args.backend,
+          users=not args.no_users, cache_dir=args.cache_dir, progress=not args.quiet,
+          log=(lambda *a, **k: None) if args.quiet else print)
+    return 0
+
+
+def cmd_import_authors(args: argparse.Namespace) -> int:
+    from llmesr.semantic.authors import import_authors_files
+
+    m = import_authors_files(args.dir, args.source, allow_pickle=args.allow_pickle,
+                             name=args.name, overwrite=args.overwrite)
+    print(json.dumps({k: m[k] for k in ("encoder", "counts") if k in m}, indent=2))
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from llmesr.data.artifact import load_dataset
     from llmesr.data.fetch import movielens_100k
@@ -243,7 +327,31 @@ def cmd_demo(args: argparse.Namespace) -> int:
     out = Path(args.out) / "ml-100k"
     # The same recipe whichever copy was found: all ratings, ordered by timestamp.
     prepare(name, out, source=src, settings=dict(ENTRIES["ml-100k"].prepare), overwrite=True)
-    print(format_info(load_dataset(out).manifest))
+    ds = load_dataset(out)
+    print(format_info(ds.manifest))
+
+    import numpy as np
+
+    from llmesr.semantic.pipeline import embed
+    from llmesr.semantic.prompts import PromptConfig
+
+    print("\nembedding movie texts and user histories with the bundled all-MiniLM-L6-v2 ...")
+    title = "movie_title" if "movie_title" in ds.item_table.columns else "title"
+    date = {"date": "release_year"} if "release_year" in ds.item_table.columns else {}
+    m = embed(out, prompt=PromptConfig(domain="movie", fields={"title": title, **date}),
+              pca_dim=min(64, ds.num_items), cache_dir=Path(args.out) / "embedding-cache")
+    folder = out / "semantic" / next(p.name for p in (out / "semantic").iterdir()
+                                     if (p / "manifest.json").is_file())
+    items = np.load(folder / "items.npy")
+    items /= np.linalg.norm(items, axis=1, keepdims=True)
+    titles = ds.item_table[title].astype(str).tolist()
+    print(f"\nitems {items.shape[0]:,} x {items.shape[1]}, users {m['dataset']['users']:,}; "
+          "nearest movies by text embedding:")
+    for query in range(3):
+        sims = items @ items[query]
+        sims[query] = -np.inf
+        near = ", ".join(titles[j] for j in np.argsort(-sims)[:4])
+        print(f"  {titles[query]:<28} -> {near}")
     return 0
 
 
@@ -251,7 +359,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     handlers = {"prepare": cmd_prepare, "info": cmd_info, "datasets": cmd_datasets,
-                "demo": cmd_demo}
+                "embed": cmd_embed, "import-authors": cmd_import_authors, "demo": cmd_demo}
     try:
         return handlers[args.command](args)
     except LlmesrError as e:
