@@ -21,9 +21,7 @@ item as target. ``users.parquet`` spells this out so no stage re-derives it diff
 
 from __future__ import annotations
 
-import datetime as _dt
 import json
-import platform
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -32,9 +30,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from llmesr import __version__
 from llmesr.config import LongTailConfig, PrepareConfig, to_dict
-from llmesr.data.io import atomic_directory, sha256_file, write_json_atomic
+from llmesr.data.io import atomic_directory, provenance, sha256_file, write_json_atomic
 from llmesr.data.longtail import Groups, train_lengths
 from llmesr.data.preprocess import Prepared
 from llmesr.errors import LlmesrError
@@ -111,9 +108,7 @@ def write_dataset(out: str | Path, prepared: Prepared, groups: Groups, *, name: 
         "kind": KIND,
         "format_version": FORMAT_VERSION,
         "name": name,
-        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "llmesr_version": __version__,
-        "python": platform.python_version(),
+        **provenance(),
         "reader": {"name": reader, "options": reader_options},
         "sources": source_entries,
         "prepare": to_dict(prepare_config),

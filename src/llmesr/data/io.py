@@ -96,6 +96,17 @@ def iter_lines(path: str | Path, encoding: str = "utf-8") -> Iterator[tuple[int,
                               f"({e}); the file is probably truncated") from None
 
 
+def provenance() -> dict[str, str]:
+    """When and with what an artifact was made (for every manifest)."""
+    import datetime as _dt
+    import platform
+
+    from llmesr import __version__
+
+    return {"created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "llmesr_version": __version__, "python": platform.python_version()}
+
+
 def write_json_atomic(path: str | Path, obj: Any) -> None:
     """Write JSON to ``path`` via a temporary file and rename, so readers never see half a file."""
     p = Path(path)

@@ -38,18 +38,15 @@ Output: ``DATASET/semantic/NAME/`` (default NAME ``authors-ada002``), written at
 
 from __future__ import annotations
 
-import datetime as _dt
 import pickle
-import platform
 import re
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from llmesr import __version__
 from llmesr.data.artifact import SequenceDataset, load_dataset
-from llmesr.data.io import atomic_directory, sha256_file, write_json_atomic
+from llmesr.data.io import atomic_directory, provenance, sha256_file, write_json_atomic
 from llmesr.errors import LlmesrError
 
 KIND = "llmesr-semantic"
@@ -366,9 +363,7 @@ def import_authors_files(dataset_dir: str | Path, source_dir: str | Path, *,
         "kind": KIND,
         "format_version": FORMAT_VERSION,
         "name": name,
-        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "llmesr_version": __version__,
-        "python": platform.python_version(),
+        **provenance(),
         "encoder": {"name": "imported", "identity": "authors-bundle", "dim": dim,
                     "label": name},
         "source": {"dir": str(src.resolve()), "files": sources},

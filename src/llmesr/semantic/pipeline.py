@@ -130,25 +130,30 @@ def embed(data_dir: str | Path, *, encoder: TextEncoder | str | None = None,
             (out / f).is_file() and prev.get("files", {}).get(f) == sha256_file(out / f)
             for f in files)
 
+    def embed_stage(name: str, texts: list[str]) -> np.ndarray:
+        """Embed ``texts`` into ``<name>.npy``, or reuse it when its inputs are unchanged."""
+        fingerprint = _digest([enc.identity, _texts_digest(texts)])
+        if reusable(name, fingerprint, [f"{name}.npy"]):
+            stages[name] = prev_stages[name]
+            vectors = np.load(out / f"{name}.npy")
+            log(f"{name}: {len(vectors):,} embeddings unchanged")
+            return vectors
+        vectors, stats = embed_texts(texts, enc.encode, cache, shard_size=enc.batch_size * 8,
+                                     desc=name, progress=progress)
+        _save_npy(out / f"{name}.npy", vectors)
+        stages[name] = {"fingerprint": fingerprint, **stats}
+        log(f"{name}: {stats['computed']:,} embedded, {stats['cached']:,} from the cache")
+        return vectors
+
     # ---- items ----------------------------------------------------------------------------
     t0 = time.perf_counter()
     item_texts = builder.item_prompts()
-    fp_items = _digest([enc.identity, _texts_digest(item_texts)])
-    if reusable("items", fp_items, ["items.npy"]):
-        items = np.load(out / "items.npy")
-        stages["items"] = prev_stages["items"]
-        log(f"items: {len(items):,} embeddings unchanged")
-    else:
-        items, stats = embed_texts(item_texts, enc.encode, cache, shard_size=enc.batch_size * 8,
-                                   desc="items", progress=progress)
-        _save_npy(out / "items.npy", items)
-        stages["items"] = {"fingerprint": fp_items, **stats}
-        log(f"items: {stats['computed']:,} embedded, {stats['cached']:,} from the cache")
+    items = embed_stage("items", item_texts)
     timings["items"] = time.perf_counter() - t0
 
     # ---- PCA ------------------------------------------------------------------------------
     t0 = time.perf_counter()
-    fp_pca = _digest([fp_items, pca_dim])
+    fp_pca = _digest([stages["items"]["fingerprint"], pca_dim])
     if pca_dim:
         if reusable("pca", fp_pca, ["items_pca.npy", "pca_components.npy", "pca_mean.npy"]):
             stages["pca"] = prev_stages["pca"]
@@ -167,23 +172,12 @@ def embed(data_dir: str | Path, *, encoder: TextEncoder | str | None = None,
         t0 = time.perf_counter()
         train_len = ds.users["train_length"].to_numpy()
         user_texts = builder.user_prompts(ds.offsets, ds.items, train_len)
-        fp_users = _digest([enc.identity, _texts_digest(user_texts)])
-        if reusable("users", fp_users, ["users.npy"]):
-            user_emb = np.load(out / "users.npy")
-            stages["users"] = prev_stages["users"]
-            log(f"users: {len(user_emb):,} embeddings unchanged")
-        else:
-            user_emb, stats = embed_texts(user_texts, enc.encode, cache,
-                                          shard_size=enc.batch_size * 8, desc="users",
-                                          progress=progress)
-            _save_npy(out / "users.npy", user_emb)
-            stages["users"] = {"fingerprint": fp_users, **stats}
-            log(f"users: {stats['computed']:,} embedded, {stats['cached']:,} from the cache")
+        user_emb = embed_stage("users", user_texts)
         timings["users"] = time.perf_counter() - t0
 
         if neighbors:
             t0 = time.perf_counter()
-            fp_nb = _digest([fp_users, neighbors, backend])
+            fp_nb = _digest([stages["users"]["fingerprint"], neighbors, backend])
             if reusable("neighbors", fp_nb, ["neighbors.npy", "neighbor_scores.npy"]):
                 stages["neighbors"] = prev_stages["neighbors"]
             else:
