@@ -1,0 +1,1 @@
+"""Metrics, candidate protocols, long-tail groups, statistics and reports."""

@@ -1,0 +1,1 @@
+"""Sequence backbones, item views, cross-attention, the recommender and self-distillation."""

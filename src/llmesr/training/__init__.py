@@ -1,0 +1,1 @@
+"""Batches, negative sampling, the trainer and checkpoints."""
