@@ -1,0 +1,395 @@
+"""Candidate protocols: full-catalogue ranking and the paper's 100 sampled negatives (SPEC §6).
+
+The model side is a callback, so these drivers work for any backbone::
+
+    score_fn(user_rows: LongTensor (b,), candidates: LongTensor (b, C) | None) -> Tensor
+
+- ``candidates=None``: scores over all item ids, (b, M) with M >= N + 1. Column 0 (padding) and
+  any column > N (e.g. Bert4Rec's mask token) are never candidates; the drivers drop them.
+- ``candidates`` given: (b, C) scores of exactly those ids.
+
+``user_rows`` and ``candidates`` are CPU tensors; the callback moves them to its device and may
+return scores on any device (ranks are computed there). It is called under ``torch.no_grad``;
+putting the model in eval mode is the caller's job.
+
+Both drivers return one 0-based rank per evaluated case (int64, or float64 for ties="average"),
+to be turned into metrics by :mod:`llmesr.evaluation.metrics` and saved for significance tests.
+
+Deviations from the paper's code, all deliberate:
+- ties are resolved by an explicit policy (default pessimistic) instead of an unstable sort;
+- whether sampled negatives are redrawn at every evaluation (the paper) or fixed is decided by
+  the generator the caller passes (:func:`fixed_rng` for fixed ones).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from llmesr.errors import LlmesrError
+from llmesr.evaluation.metrics import (
+    DEFAULT_KS,
+    check_ties,
+    metrics_from_ranks,
+    ranks_from_scores,
+)
+
+ScoreFn = Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor]
+
+#: Users per negative-sampling block. A constant (not the scoring batch size), so the negatives
+#: drawn from a given generator do not depend on ``batch_size``.
+SAMPLE_BLOCK = 8192
+#: Rows whose share of admissible items is below this, or with fewer than DENSE_MULTIPLE * n_neg
+#: admissible items, are sampled exactly (a random key per admissible item): rejection would need
+#: many redraws for them (excluded ids, or repeats when nearly all admissible items are drawn).
+#: Both conditions bound the exact sampler's cost, N + 1 keys per row, by a small multiple of
+#: the row's exclusions or of n_neg.
+DENSE_ACCEPTANCE = 0.5
+DENSE_MULTIPLE = 4
+#: Draws per round of rejection sampling, relative to the expected need; the few rows that
+#: still come short (repeats, bad luck) are topped up in another round.
+OVERSAMPLE = 1.15
+#: Upper bound on random keys held at once by the exact sampler (rows x (N + 1) floats).
+DENSE_CELLS = 1 << 24
+
+
+# ------------------------------------------------------------------------------------------------
+# input checks
+
+
+def _check_cases(users: np.ndarray, targets: np.ndarray, num_items: int,
+                 batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+    users = np.asarray(users)
+    targets = np.asarray(targets)
+    if users.ndim != 1 or targets.shape != users.shape:
+        raise ValueError(f"users and targets must be 1-D of equal length; got {users.shape} "
+                         f"and {targets.shape}")
+    if len(users) and not (np.issubdtype(users.dtype, np.integer)
+                           and np.issubdtype(targets.dtype, np.integer)):
+        raise ValueError("users and targets must be integer arrays")
+    if int(num_items) < 1:
+        raise LlmesrError(f"num_items must be >= 1; got {num_items}")
+    if int(batch_size) < 1:
+        raise LlmesrError(f"evaluation batch size must be >= 1; got {batch_size}")
+    if len(targets):
+        bad = np.flatnonzero((targets < 1) | (targets > num_items))
+        if len(bad):
+            i = int(bad[0])
+            raise LlmesrError(f"target item {int(targets[i])} of case {i} is outside 1..{num_items}; "
+                              "the split and num_items do not belong together")
+    return users.astype(np.int64), targets.astype(np.int64)
+
+
+def _flatten(lists: Sequence[np.ndarray], start: int, stop: int, num_items: int,
+             what: str) -> tuple[np.ndarray, np.ndarray]:
+    """CSR-style flattening of ``lists[start:stop]``: (row within the slice, item id) pairs."""
+    chunk = lists[start:stop]
+    lengths = np.fromiter((len(a) for a in chunk), dtype=np.int64, count=len(chunk))
+    if lengths.sum() == 0:
+        empty = np.zeros(0, dtype=np.int64)
+        return empty, empty
+    items = np.concatenate([np.asarray(a, dtype=np.int64).reshape(-1) for a in chunk])
+    rows = np.repeat(np.arange(len(chunk), dtype=np.int64), lengths)
+    bad = np.flatnonzero((items < 0) | (items > num_items))
+    if len(bad):
+        row = start + int(rows[bad[0]])
+        raise LlmesrError(f"{what} of case {row} contains item id {int(items[bad[0]])}, outside "
+                          f"0..{num_items}; the sequences and num_items do not belong together")
+    return rows, items
+
+
+def _scores(score_fn: ScoreFn, users: np.ndarray, candidates: np.ndarray | None,
+            min_cols: int) -> torch.Tensor:
+    with torch.no_grad():
+        cand = None if candidates is None else torch.from_numpy(candidates)
+        scores = score_fn(torch.from_numpy(users), cand)
+    if not isinstance(scores, torch.Tensor) or scores.dim() != 2 or \
+            scores.shape[0] != len(users) or scores.shape[1] < min_cols:
+        got = tuple(scores.shape) if isinstance(scores, torch.Tensor) else type(scores).__name__
+        raise ValueError(f"score_fn returned {got}; expected ({len(users)}, "
+                         f"{'>= ' if candidates is None else ''}{min_cols})")
+    return scores.detach()
+
+
+def _empty_ranks(ties: str) -> np.ndarray:
+    return np.zeros(0, dtype=np.float64 if ties == "average" else np.int64)
+
+
+# ------------------------------------------------------------------------------------------------
+# full-catalogue ranking
+
+
+def full_ranking_ranks(score_fn: ScoreFn, users: np.ndarray, targets: np.ndarray,
+                       num_items: int, *, batch_size: int = 1024,
+                       exclude: Sequence[np.ndarray] | None = None,
+                       ties: str = "pessimistic", progress: bool = True) -> np.ndarray:
+    """Rank of each target among all items 1..N (the primary protocol, DESIGN.md).
+
+    Args:
+        score_fn: see the module docstring; called with ``candidates=None``.
+        users: (n,) user rows handed to ``score_fn``.
+        targets: (n,) target item ids in 1..N.
+        num_items: N.
+        batch_size: users per chunk; memory is about ``batch_size * (N + 1)`` scores plus two
+            bool masks of that size.
+        exclude: optional per-case item ids removed from the candidates (e.g. the items already
+            seen). Id 0 is ignored. The target is never excluded: its score is read before the
+            mask is applied, so listing it here has no effect.
+        ties: tie policy (see metrics.py).
+        progress: show a tqdm bar.
+
+    Returns:
+        (n,) int64 ranks (float64 for ties="average").
+    """
+    check_ties(ties)
+    users, targets = _check_cases(users, targets, num_items, batch_size)
+    n = len(users)
+    if exclude is not None and len(exclude) != n:
+        raise ValueError(f"exclude has {len(exclude)} entries for {n} cases")
+    if n == 0:
+        return _empty_ranks(ties)
+
+    out = []
+    with tqdm(total=n, desc="full ranking", unit="user", disable=not progress) as bar:
+        for start in range(0, n, batch_size):
+            stop = min(start + batch_size, n)
+            scores = _scores(score_fn, users[start:stop], None, num_items + 1)[:, : num_items + 1]
+            device = scores.device
+            b = stop - start
+            rows = torch.arange(b, device=device)
+            tgt = torch.from_numpy(targets[start:stop]).to(device)
+            pos = scores[rows, tgt]
+            valid = torch.ones(scores.shape, dtype=torch.bool, device=device)
+            valid[:, 0] = False                # padding
+            valid[rows, tgt] = False           # the target is the positive, not an "other"
+            if exclude is not None:
+                ex_rows, ex_items = _flatten(exclude, start, stop, num_items, "exclude list")
+                if len(ex_rows):
+                    valid[torch.from_numpy(ex_rows).to(device),
+                          torch.from_numpy(ex_items).to(device)] = False
+            out.append(ranks_from_scores(pos, scores, ties, valid).cpu().numpy())
+            bar.update(b)
+    return np.concatenate(out)
+
+
+# ------------------------------------------------------------------------------------------------
+# sampled negatives
+
+
+def fixed_rng(seed: int, split: str) -> np.random.Generator:
+    """A generator that gives the same negatives every time for (seed, split).
+
+    Pass it to :func:`sampled_ranks` for a fixed candidate set per user (a cleaner variant than
+    the paper's redraw at every evaluation, SPEC §11). ``split`` (e.g. "valid", "test") is
+    hashed with SHA-256, not Python's salted ``hash``, so the stream is stable across processes.
+    """
+    if int(seed) < 0:
+        raise LlmesrError(f"seed must be >= 0; got {seed}")
+    digest = hashlib.sha256(str(split).encode("utf-8")).digest()
+    words = np.frombuffer(digest[:16], dtype="<u4").tolist()
+    return np.random.default_rng(np.random.SeedSequence([int(seed), *words]))
+
+
+def _admissible_draws(keys: np.ndarray, excl: np.ndarray) -> np.ndarray:
+    """(r, w) bool: the draw is not excluded and is the first of its value in its row.
+
+    ``keys`` (r, w) are row * (N + 1) + item with rows ascending, so sorting each row makes the
+    whole array sorted: the membership test against the sorted ``excl`` then walks both in order
+    (much faster than probing it at random), and repeats sit next to each other. The stable sort
+    keeps the earliest draw of a repeated value.
+    """
+    order = np.argsort(keys, axis=1, kind="stable")
+    ranked = np.take_along_axis(keys, order, axis=1)
+    ok_sorted = np.ones(keys.shape, dtype=bool)
+    ok_sorted[:, 1:] = ranked[:, 1:] != ranked[:, :-1]
+    if len(excl):
+        flat = ranked.reshape(-1)
+        at = np.minimum(np.searchsorted(excl, flat), len(excl) - 1)
+        ok_sorted &= (excl[at] != flat).reshape(keys.shape)
+    ok = np.empty_like(ok_sorted)
+    np.put_along_axis(ok, order, ok_sorted, axis=1)
+    return ok
+
+
+def _sample_block(targets: np.ndarray, histories: Sequence[np.ndarray], start: int, stop: int,
+                  num_items: int, n_neg: int,
+                  rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Negatives for cases start..stop: ((m, n_neg) int64 ids, (m, n_neg) bool valid)."""
+    m = stop - start
+    width = num_items + 1
+    h_rows, h_items = _flatten(histories, start, stop, num_items, "history")
+    # Excluded (row, item) pairs as sorted unique keys row * (N + 1) + item: history, target, 0.
+    all_rows = np.concatenate([h_rows, np.arange(m, dtype=np.int64)])
+    all_items = np.concatenate([h_items, targets[start:stop]])
+    keep = all_items > 0
+    excl = np.sort(all_rows[keep] * width + all_items[keep])
+    excl = excl[np.concatenate([[True], excl[1:] != excl[:-1]])]  # unique (already sorted)
+    admissible = num_items - np.bincount(excl // width, minlength=m)
+    want = np.minimum(admissible, n_neg)
+
+    neg = np.zeros((m, n_neg), dtype=np.int64)
+    filled = np.zeros(m, dtype=np.int64)
+    dense = (admissible < DENSE_MULTIPLE * n_neg) | (admissible < DENSE_ACCEPTANCE * num_items)
+
+    # Exact sampler for rows where rejection would be slow: a uniform key per admissible item,
+    # the n_neg smallest keys win (a uniform subset without replacement).
+    dense_rows = np.flatnonzero(dense)
+    take = min(n_neg, width)
+    step = max(1, DENSE_CELLS // width)
+    for lo in range(0, len(dense_rows), step):
+        rows = dense_rows[lo:lo + step]
+        keys = rng.random((len(rows), width))
+        keys[:, 0] = np.inf
+        sel = np.isin(excl // width, rows)
+        local = np.searchsorted(rows, excl[sel] // width)
+        keys[local, excl[sel] % width] = np.inf
+        if take < width:
+            idx = np.argpartition(keys, take - 1, axis=1)[:, :take]
+        else:
+            idx = np.broadcast_to(np.arange(width), (len(rows), width))
+        ok = np.isfinite(np.take_along_axis(keys, idx, axis=1))
+        # Admissible ids first, so slot j is valid exactly when j < want.
+        order = np.argsort(~ok, axis=1, kind="stable")
+        neg[rows, :take] = np.where(np.take_along_axis(ok, order, axis=1),
+                                    np.take_along_axis(idx, order, axis=1), 0)
+        filled[rows] = want[rows]
+
+    # Rejection sampler for the rest (at least half of 1..N and 4 * n_neg items admissible):
+    # draw with replacement in bulk, drop excluded ids and repeats (keeping the first draw, which
+    # is exactly sequential draw-and-reject, hence uniform without replacement), keep the first
+    # n_neg survivors in draw order, and top up the few short rows in another round.
+    short = np.flatnonzero(~dense)
+    while len(short):
+        acceptance = admissible[short].min() / num_items
+        need = n_neg - filled[short]
+        draws = int(np.ceil(need.max() / acceptance * OVERSAMPLE)) + 8
+        kept = int(filled[short].max())  # accepted so far (0 in the first round) go first
+        cand = np.concatenate([np.where(np.arange(kept) < filled[short, None],
+                                        neg[short, :kept], 0),
+                               rng.integers(1, width, size=(len(short), draws))], axis=1)
+        ok = (cand > 0) & _admissible_draws(short[:, None] * width + cand, excl)
+        slot = np.cumsum(ok, axis=1) - 1
+        ok &= slot < n_neg
+        r, c = np.nonzero(ok)
+        neg[short[r], slot[r, c]] = cand[r, c]
+        filled[short] = ok.sum(axis=1)
+        short = short[filled[short] < want[short]]
+
+    valid = np.arange(n_neg)[None, :] < want[:, None]
+    return neg, valid
+
+
+def sample_negatives(targets: np.ndarray, num_items: int, histories: Sequence[np.ndarray], *,
+                     n_neg: int = 100,
+                     rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Uniform negatives from 1..N without replacement, excluding each case's history and target.
+
+    Args:
+        targets: (n,) target ids in 1..N.
+        num_items: N.
+        histories: per case, the ids to exclude (the paper: the user's full sequence); 0 ignored.
+        n_neg: negatives per case.
+        rng: the generator; the draws depend only on it and the inputs (not on any batch size).
+
+    Returns:
+        ``(negatives, valid)``, both (n, n_neg): int64 ids and bool. A case whose exclusions leave
+        fewer than n_neg admissible items gets all of them; its remaining slots hold 0 with
+        valid False.
+    """
+    targets = np.asarray(targets, dtype=np.int64)
+    _check_cases(targets, targets, num_items, 1)
+    if int(n_neg) < 1:
+        raise LlmesrError(f"the number of sampled negatives must be >= 1; got {n_neg}")
+    if len(histories) != len(targets):
+        raise ValueError(f"histories has {len(histories)} entries for {len(targets)} cases")
+    negs, valids = [], []
+    for start in range(0, len(targets), SAMPLE_BLOCK):
+        stop = min(start + SAMPLE_BLOCK, len(targets))
+        neg, valid = _sample_block(targets, histories, start, stop, num_items, int(n_neg), rng)
+        negs.append(neg)
+        valids.append(valid)
+    if not negs:
+        return np.zeros((0, n_neg), dtype=np.int64), np.zeros((0, n_neg), dtype=bool)
+    return np.concatenate(negs), np.concatenate(valids)
+
+
+def sampled_ranks(score_fn: ScoreFn, users: np.ndarray, targets: np.ndarray, num_items: int,
+                  histories: Sequence[np.ndarray], *, n_neg: int = 100,
+                  rng: np.random.Generator, batch_size: int = 1024,
+                  ties: str = "pessimistic", progress: bool = True) -> np.ndarray:
+    """Rank of each target among itself and ``n_neg`` sampled negatives (the paper's protocol).
+
+    ``score_fn`` receives candidates (b, 1 + n_neg) = [target, negatives...]; slots of cases
+    with too few admissible items hold 0 (padding) and their scores are ignored. Negatives come
+    from :func:`sample_negatives`. Pass a fresh generator state per evaluation to redraw them
+    as the paper does, or :func:`fixed_rng` for the same candidates every time.
+
+    Returns:
+        (n,) int64 ranks in 0..n_neg (float64 for ties="average").
+    """
+    check_ties(ties)
+    users, targets = _check_cases(users, targets, num_items, batch_size)
+    if len(histories) != len(users):
+        raise ValueError(f"histories has {len(histories)} entries for {len(users)} cases")
+    n = len(users)
+    if n == 0:
+        return _empty_ranks(ties)
+    out = []
+    with tqdm(total=n, desc="sampled ranking", unit="user", disable=not progress) as bar:
+        for block in range(0, n, SAMPLE_BLOCK):
+            block_stop = min(block + SAMPLE_BLOCK, n)
+            neg, valid = sample_negatives(targets[block:block_stop], num_items,
+                                          histories[block:block_stop], n_neg=n_neg, rng=rng)
+            for start in range(0, block_stop - block, batch_size):
+                stop = min(start + batch_size, block_stop - block)
+                cand = np.concatenate([targets[block + start:block + stop, None],
+                                       neg[start:stop]], axis=1)
+                scores = _scores(score_fn, users[block + start:block + stop], cand, 1 + n_neg)
+                if scores.shape[1] != 1 + n_neg:
+                    raise ValueError(f"score_fn returned {tuple(scores.shape)} scores for "
+                                     f"{tuple(cand.shape)} candidates")
+                ok = torch.from_numpy(valid[start:stop]).to(scores.device)
+                out.append(ranks_from_scores(scores[:, 0], scores[:, 1:], ties, ok).cpu().numpy())
+                bar.update(stop - start)
+    return np.concatenate(out)
+
+
+# ------------------------------------------------------------------------------------------------
+# long-tail groups
+
+
+def group_metrics(ranks: np.ndarray, tail_user: np.ndarray, tail_item: np.ndarray,
+                  ks: Sequence[int] = DEFAULT_KS) -> dict:
+    """Metrics overall and per long-tail group (SPEC §2), with group sizes.
+
+    Args:
+        ranks: (n,) 0-based ranks.
+        tail_user: (n,) bool, True where the case's user is a tail user (short history).
+        tail_item: (n,) bool, True where the case's target is a tail item (unpopular).
+
+    Returns:
+        ``{"overall", "tail_item", "head_item", "tail_user", "head_user"}`` -> metric dicts
+        (see :func:`metrics_from_ranks`; an empty group has NaN values), and ``"counts"`` ->
+        the number of cases in each of those groups.
+    """
+    ranks = np.asarray(ranks).reshape(-1)
+    tail_user = np.asarray(tail_user)
+    tail_item = np.asarray(tail_item)
+    for name, mask in (("tail_user", tail_user), ("tail_item", tail_item)):
+        if mask.dtype != bool or mask.shape != ranks.shape:
+            raise ValueError(f"{name} must be a bool array of shape {ranks.shape}; got "
+                             f"{mask.dtype} {mask.shape}")
+    groups = {
+        "overall": np.ones(ranks.shape, dtype=bool),
+        "tail_item": tail_item,
+        "head_item": ~tail_item,
+        "tail_user": tail_user,
+        "head_user": ~tail_user,
+    }
+    out: dict = {name: metrics_from_ranks(ranks[mask], ks) for name, mask in groups.items()}
+    out["counts"] = {name: int(mask.sum()) for name, mask in groups.items()}
+    return out

@@ -1,0 +1,249 @@
+"""Sequence encoders ("backbones") shared by SASRec, Bert4Rec and GRU4Rec (SPEC §4.4, §9.1).
+
+Contract: ``forward(x, padding_mask) -> (B, T, d)`` with ``x`` of shape ``(B, T, d)`` (item
+embeddings, positions and embedding dropout already applied by the caller) and ``padding_mask``
+a bool ``(B, T)`` tensor that is True for a REAL item and False for padding. Sequences are
+LEFT-padded (real items at the end). A backbone knows nothing about items or LLMs.
+
+:class:`TransformerBackbone` is the SASRec encoder of the paper's code (also used by Bert4Rec):
+
+.. code-block:: text
+
+    m = padding_mask (float); H = x * m
+    repeat layers:
+        Q = LN_attn(H); H = Q + MHA(query=Q, key=H, value=H); H = LN_ffn(H)
+        H = H + Drop(W2(ReLU(Drop(W1(H))))); H = H * m
+    out = LN_last(H)
+
+Two switches select between the released code and a textbook SASRec:
+
+* ``causal`` (paper: False, SPEC §9.1.1): position t attends only to keys <= t.
+* ``mask_padded_keys`` (paper: False, SPEC §9.1.8): padded keys get no attention. When False,
+  padded keys are zero vectors after the timeline mask, so their key/value are the projection
+  biases ``b_k``/``b_v`` and they take softmax mass (diluting attention for short histories).
+
+With masking, each query is always allowed its own position (the diagonal), so a row with no
+real item (an empty history) never yields NaN; padded query rows are zeroed by ``* m`` and for
+real queries the diagonal is allowed anyway, so this changes no real output.
+
+Cropping correction (``forward(..., pad_to=L)``): the paper always pads to L = 200. Callers may
+crop a batch to its longest sequence; when padded keys are not masked, the ``L - T`` cropped-away
+padded keys would each contribute a key ``b_k`` and a value ``b_v`` at every layer (their input
+is zero), so they are folded into ONE virtual key column with key ``b_k``, value ``b_v`` and an
+additive logit bias ``log(L - T)``. Since ``n`` identical columns with logit ``s`` carry the same
+softmax mass as one column with logit ``s + log n``, the eval-mode output equals the uncropped
+length-L run exactly (up to float rounding). The missing padding is assumed to be on the left
+(before every real item), so with ``causal=True`` every query may see the virtual column. In
+training mode, attention dropout drops the merged column as a single unit, whereas the uncropped
+run drops each of the ``L - T`` columns independently: the expectation is the same, the
+variance is not, so training with cropping is not bit-for-bit the paper's stochastic process.
+
+:class:`GRUBackbone` is GRU4Rec's ``nn.GRU(d, d, bias=False)``. ``mask_padding=False`` is the
+paper's quirk (SPEC §9.1.7): padded steps are processed like real ones. ``mask_padding=True``
+runs a packed GRU over the real items only, so the state is unaffected by padding and padded
+positions output zeros (an empty history outputs zeros everywhere, i.e. the initial state).
+
+Initialisation follows the paper's ``_init_weights`` (SPEC §4.9): ``xavier_normal_`` on weight
+matrices, zero attention biases (as torch's ``MultiheadAttention`` does), PyTorch defaults for
+LayerNorm and the FFN biases. The q/k/v projection weights are drawn as ONE packed ``(3d, d)``
+xavier-normal matrix and split, which gives them the same distribution as torch's
+``in_proj_weight`` (std ``sqrt(2 / (d + 3d))``), not that of three separate ``(d, d)`` matrices.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+from llmesr.errors import LlmesrError
+
+__all__ = ["TransformerBackbone", "GRUBackbone"]
+
+
+def _check_inputs(x: Tensor, padding_mask: Tensor, hidden: int, who: str) -> None:
+    if not isinstance(x, Tensor) or x.dim() != 3 or x.shape[-1] != hidden:
+        shape = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
+        raise LlmesrError(f"{who}: x must have shape (B, T, {hidden}), got {shape}")
+    if not isinstance(padding_mask, Tensor) or tuple(padding_mask.shape) != tuple(x.shape[:2]):
+        shape = tuple(padding_mask.shape) if isinstance(padding_mask, Tensor) else type(padding_mask).__name__
+        raise LlmesrError(f"{who}: padding_mask must have shape (B, T) = {tuple(x.shape[:2])}, got {shape}")
+    if padding_mask.dtype != torch.bool:
+        raise LlmesrError(f"{who}: padding_mask must be a bool tensor (True = real item), got {padding_mask.dtype}")
+
+
+class _SelfAttention(nn.Module):
+    """Multi-head attention with separate q/k/v projections (with biases) and fused SDPA."""
+
+    def __init__(self, hidden: int, heads: int, dropout: float) -> None:
+        super().__init__()
+        self.hidden = hidden
+        self.heads = heads
+        self.head_dim = hidden // heads
+        self.dropout = dropout
+        self.q_proj = nn.Linear(hidden, hidden, bias=True)
+        self.k_proj = nn.Linear(hidden, hidden, bias=True)
+        self.v_proj = nn.Linear(hidden, hidden, bias=True)
+        self.out_proj = nn.Linear(hidden, hidden, bias=True)
+        self.reset_parameters()
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        d = self.hidden
+        packed = torch.empty(3 * d, d)
+        nn.init.xavier_normal_(packed)  # same fan as torch MultiheadAttention.in_proj_weight
+        self.q_proj.weight.copy_(packed[:d])
+        self.k_proj.weight.copy_(packed[d:2 * d])
+        self.v_proj.weight.copy_(packed[2 * d:])
+        nn.init.xavier_normal_(self.out_proj.weight)
+        for lin in (self.q_proj, self.k_proj, self.v_proj, self.out_proj):
+            nn.init.zeros_(lin.bias)
+
+    def _split(self, t: Tensor) -> Tensor:
+        b, n, _ = t.shape
+        return t.view(b, n, self.heads, self.head_dim).transpose(1, 2)  # (B, h, n, hd)
+
+    def forward(self, query: Tensor, key_value: Tensor, allowed: Tensor | None,
+                n_missing: int = 0) -> Tensor:
+        """``allowed``: bool (B, 1, T, T) or None; ``n_missing``: cropped padded keys to add back."""
+        b, t, _ = query.shape
+        q = self._split(self.q_proj(query))
+        k = self._split(self.k_proj(key_value))
+        v = self._split(self.v_proj(key_value))
+        mask: Tensor | None = allowed
+        if n_missing > 0:
+            # One virtual key standing for the n_missing zero-input padded keys: key b_k, value b_v.
+            bk = self.k_proj.bias.view(1, self.heads, 1, self.head_dim).expand(b, -1, 1, -1)
+            bv = self.v_proj.bias.view(1, self.heads, 1, self.head_dim).expand(b, -1, 1, -1)
+            k = torch.cat([k, bk.to(k.dtype)], dim=2)
+            v = torch.cat([v, bv.to(v.dtype)], dim=2)
+            mask = q.new_zeros((b if allowed is not None else 1, 1, t, t + 1))
+            if allowed is not None:
+                mask[..., :t].masked_fill_(~allowed, float("-inf"))
+            mask[..., t] = math.log(n_missing)
+        out = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0)
+        out = out.transpose(1, 2).reshape(b, t, self.hidden)
+        return self.out_proj(out)
+
+
+class _PointWiseFeedForward(nn.Module):
+    """``Drop(W2(ReLU(Drop(W1(h)))))``: the paper's two Conv1d(k=1) as Linear layers."""
+
+    def __init__(self, hidden: int, dropout: float) -> None:
+        super().__init__()
+        self.w1 = nn.Linear(hidden, hidden)
+        self.w2 = nn.Linear(hidden, hidden)
+        self.drop1 = nn.Dropout(dropout)
+        self.drop2 = nn.Dropout(dropout)
+        nn.init.xavier_normal_(self.w1.weight)
+        nn.init.xavier_normal_(self.w2.weight)
+
+    def forward(self, h: Tensor) -> Tensor:
+        return self.drop2(self.w2(F.relu(self.drop1(self.w1(h)))))
+
+
+class TransformerBackbone(nn.Module):
+    """The SASRec/Bert4Rec encoder of SPEC §4.4; see the module docstring for the switches.
+
+    The paper's setting is ``causal=False, mask_padded_keys=False``; the defaults here
+    (``True, True``) are a textbook causal SASRec with a key-padding mask.
+    """
+
+    def __init__(self, hidden: int = 64, layers: int = 2, heads: int = 1, dropout: float = 0.5,
+                 causal: bool = True, mask_padded_keys: bool = True, eps: float = 1e-8) -> None:
+        super().__init__()
+        if hidden <= 0 or layers <= 0 or heads <= 0:
+            raise LlmesrError(f"TransformerBackbone: hidden, layers and heads must be positive, "
+                              f"got hidden={hidden}, layers={layers}, heads={heads}")
+        if hidden % heads != 0:
+            raise LlmesrError(f"TransformerBackbone: hidden ({hidden}) must be divisible by heads ({heads})")
+        if not 0.0 <= dropout < 1.0:
+            raise LlmesrError(f"TransformerBackbone: dropout must be in [0, 1), got {dropout}")
+        self.hidden = hidden
+        self.num_layers = layers
+        self.heads = heads
+        self.causal = causal
+        self.mask_padded_keys = mask_padded_keys
+        self.attn_norms = nn.ModuleList(nn.LayerNorm(hidden, eps=eps) for _ in range(layers))
+        self.attns = nn.ModuleList(_SelfAttention(hidden, heads, dropout) for _ in range(layers))
+        self.ffn_norms = nn.ModuleList(nn.LayerNorm(hidden, eps=eps) for _ in range(layers))
+        self.ffns = nn.ModuleList(_PointWiseFeedForward(hidden, dropout) for _ in range(layers))
+        self.last_norm = nn.LayerNorm(hidden, eps=eps)
+
+    def _allowed(self, padding_mask: Tensor) -> Tensor | None:
+        if not self.causal and not self.mask_padded_keys:
+            return None
+        b, t = padding_mask.shape
+        dev = padding_mask.device
+        allowed = torch.ones(b, 1, t, t, dtype=torch.bool, device=dev)
+        if self.causal:
+            allowed = allowed & torch.ones(t, t, dtype=torch.bool, device=dev).tril()
+        if self.mask_padded_keys:
+            allowed = allowed & padding_mask[:, None, None, :]
+        # Always allow the diagonal: no all-masked row (no NaN) and no change to real outputs.
+        allowed = allowed | torch.eye(t, dtype=torch.bool, device=dev)
+        return allowed
+
+    def forward(self, x: Tensor, padding_mask: Tensor, pad_to: int | None = None) -> Tensor:
+        _check_inputs(x, padding_mask, self.hidden, "TransformerBackbone")
+        t = x.shape[1]
+        n_missing = 0
+        if pad_to is not None:
+            if pad_to < t:
+                raise LlmesrError(f"TransformerBackbone: pad_to ({pad_to}) is shorter than the "
+                                  f"batch's sequence length ({t})")
+            if not self.mask_padded_keys:
+                n_missing = pad_to - t
+        m = padding_mask.unsqueeze(-1).to(x.dtype)
+        allowed = self._allowed(padding_mask)
+        h = x * m
+        for ln_a, attn, ln_f, ffn in zip(self.attn_norms, self.attns, self.ffn_norms, self.ffns):
+            q = ln_a(h)
+            h = q + attn(q, h, allowed, n_missing)
+            h = ln_f(h)
+            h = h + ffn(h)
+            h = h * m
+        return self.last_norm(h)
+
+
+class GRUBackbone(nn.Module):
+    """GRU4Rec's encoder: ``nn.GRU(hidden, hidden, num_layers=layers, bias=False)``.
+
+    ``mask_padding=False`` reproduces the paper (padded steps are run through the GRU);
+    ``mask_padding=True`` runs only the real items (packed), and padded positions output 0.
+    """
+
+    def __init__(self, hidden: int = 64, layers: int = 1, mask_padding: bool = True) -> None:
+        super().__init__()
+        if hidden <= 0 or layers <= 0:
+            raise LlmesrError(f"GRUBackbone: hidden and layers must be positive, got hidden={hidden}, "
+                              f"layers={layers}")
+        self.hidden = hidden
+        self.mask_padding = mask_padding
+        self.gru = nn.GRU(hidden, hidden, num_layers=layers, bias=False, batch_first=True)
+        for name, p in self.gru.named_parameters():
+            if p.dim() >= 2:
+                nn.init.xavier_normal_(p)
+
+    def forward(self, x: Tensor, padding_mask: Tensor) -> Tensor:
+        _check_inputs(x, padding_mask, self.hidden, "GRUBackbone")
+        if not self.mask_padding:
+            out, _ = self.gru(x)
+            return out
+        b, t, d = x.shape
+        # Move each row's real items to the front (order kept): works for left padding and, in
+        # fact, for any padding pattern. Then run packed and scatter the outputs back in place.
+        order = torch.argsort((~padding_mask).to(torch.int8), dim=1, stable=True)  # (B, T)
+        idx = order.unsqueeze(-1).expand(b, t, d)
+        front = torch.gather(x, 1, idx)
+        lengths = padding_mask.sum(dim=1)
+        packed = pack_padded_sequence(front, lengths.clamp(min=1).cpu(), batch_first=True,
+                                      enforce_sorted=False)
+        out_packed, _ = self.gru(packed)
+        out_front, _ = pad_packed_sequence(out_packed, batch_first=True, total_length=t)
+        out = torch.zeros_like(out_front).scatter(1, idx, out_front)
+        return out * padding_mask.unsqueeze(-1).to(out.dtype)

@@ -1,0 +1,181 @@
+"""The sequential recommender: item views + optional cross-attention + one backbone + scoring.
+
+One class serves every model and backbone, so the dual view, the cross-attention and the
+self-distillation each live in one place (DESIGN.md "Contracts"):
+
+- ``id``: the plain backbone over a randomly initialised ID table;
+- ``llminit``: the same with the ID table initialised from the PCA of the LLM embeddings;
+- ``llmesr``: the collaborative view (ID table from PCA) and the semantic view (frozen LLM
+  table + adapter), fused by cross-attention, encoded by one shared backbone, and scored by
+  the concatenation ``[U_co; U_se] · [e_co; e_se]`` (logit-level fusion, SPEC §4.5).
+
+Shapes: ``seq``/``pos`` (B, T) item ids and positions, left-padded (0 = padding); states
+(B, T, H) with H = hidden, or 2 * hidden for the dual view.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from llmesr.errors import LlmesrError
+from llmesr.models.backbones import GRUBackbone, TransformerBackbone
+from llmesr.models.config import ModelConfig
+from llmesr.models.cross_attention import CrossAttention
+from llmesr.models.views import IDView, SemanticView
+
+
+class SequentialRecommender(nn.Module):
+    def __init__(self, cfg: ModelConfig, num_items: int, llm: np.ndarray | None = None,
+                 pca: np.ndarray | None = None):
+        super().__init__()
+        self.cfg = cfg.validate()
+        self.num_items = num_items
+        self.mask_token = num_items + 1
+        h = cfg.hidden
+        needs_llm = cfg.model == "llmesr" and cfg.use_se_view
+        needs_pca = (cfg.model == "llminit" or (cfg.model == "llmesr" and cfg.use_co_view
+                                                 and cfg.co_init == "pca"))
+        if needs_llm and llm is None:
+            raise LlmesrError("this model needs item embeddings: run 'llmesr embed' first")
+        if needs_pca and pca is None:
+            raise LlmesrError("this model needs the PCA of the item embeddings: run 'llmesr "
+                              f"embed' with --pca-dim {h}")
+        self.co = IDView(num_items, h, pca if needs_pca else None) if (
+            cfg.model != "llmesr" or cfg.use_co_view) else None
+        self.se = SemanticView(llm, num_items, h, cfg.adapter_layers, cfg.adapter_activation,
+                               cfg.freeze_semantic) if needs_llm else None
+        self.is_gru = cfg.backbone == "gru4rec"
+        if not self.is_gru:
+            self.pos_emb = nn.Embedding(cfg.max_len + 100, h)
+            nn.init.xavier_normal_(self.pos_emb.weight)
+            self.emb_dropout = nn.Dropout(cfg.dropout)
+        self.encoder = self._backbone()
+        self.encoder_se = self._backbone() if (cfg.dual and not cfg.share_encoder) else None
+        if cfg.dual and cfg.use_cross_attention:
+            causal = cfg.causal_cross_attention and cfg.backbone != "bert4rec"
+            self.llm2id = CrossAttention(h, 2, causal, cfg.cross_attention_residual)
+            self.id2llm = CrossAttention(h, 2, causal, cfg.cross_attention_residual)
+        else:
+            self.llm2id = self.id2llm = None
+
+    def _backbone(self) -> nn.Module:
+        c = self.cfg
+        if self.is_gru:
+            return GRUBackbone(c.hidden, c.layers, mask_padding=c.gru_mask_padding)
+        return TransformerBackbone(c.hidden, c.layers, c.heads, c.dropout,
+                                   causal=c.causal and c.backbone == "sasrec",
+                                   mask_padded_keys=c.mask_padded_keys)
+
+    # ---- properties used by the trainer ----------------------------------------------------
+    @property
+    def state_dim(self) -> int:
+        return self.cfg.hidden * (2 if self.cfg.dual else 1)
+
+    @property
+    def crop_is_exact(self) -> bool:
+        """Whether cropping a batch to its longest history gives the fixed-length result.
+
+        True except for the paper's unmasked GRU, whose state runs through every padded step.
+        """
+        return not (self.is_gru and not self.cfg.gru_mask_padding)
+
+    # ---- encoding --------------------------------------------------------------------------
+    def _inputs(self, view: nn.Module, seq: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+        x = view(seq)
+        if self.is_gru:  # the paper's GRU4Rec: no scaling, positions or dropout (§4.2)
+            return x
+        return self.emb_dropout(x * math.sqrt(self.cfg.hidden) + self.pos_emb(pos))
+
+    def _encode(self, encoder: nn.Module, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        if self.is_gru:
+            return encoder(x, mask)
+        pad_to = None if self.cfg.mask_padded_keys else self.cfg.max_len
+        return encoder(x, mask, pad_to=pad_to)
+
+    def encode(self, seq: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+        """All positions' states (B, T, H)."""
+        mask = seq > 0
+        if self.cfg.dual:
+            x_co, x_se = self._inputs(self.co, seq, pos), self._inputs(self.se, seq, pos)
+            if self.llm2id is not None:
+                # the query comes from the other view (§9.1.4)
+                x_co, x_se = self.llm2id(x_se, x_co, mask), self.id2llm(x_co, x_se, mask)
+            u_co = self._encode(self.encoder, x_co, mask)
+            u_se = self._encode(self.encoder_se or self.encoder, x_se, mask)
+            return torch.cat([u_co, u_se], dim=-1)
+        view = self.co if self.co is not None else self.se
+        return self._encode(self.encoder, self._inputs(view, seq, pos), mask)
+
+    def user_state(self, seq: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+        """The last position's state (B, H): the user representation."""
+        return self.encode(seq, pos)[:, -1]
+
+    def item_embeddings(self, ids: torch.Tensor | None = None) -> torch.Tensor:
+        """Candidate embeddings c_i = [e_co; e_se] for ``ids`` (any shape) or all N + 2 rows."""
+        parts = []
+        for view in (self.co, self.se):
+            if view is not None:
+                parts.append(view.all() if ids is None else view(ids))
+        return parts[0] if len(parts) == 1 else torch.cat(parts, dim=-1)
+
+    # ---- scoring ---------------------------------------------------------------------------
+    def score_all(self, seq: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+        """(B, N + 2) scores; columns 0 and N + 1 are padding and mask (callers exclude them)."""
+        return self.user_state(seq, pos) @ self.item_embeddings().T
+
+    def score(self, seq: torch.Tensor, pos: torch.Tensor, candidates: torch.Tensor
+              ) -> torch.Tensor:
+        """(B, C) scores of candidate ids (B, C)."""
+        u = self.user_state(seq, pos)
+        return (self.item_embeddings(candidates) * u[:, None, :]).sum(-1)
+
+    # ---- losses ----------------------------------------------------------------------------
+    def rec_loss(self, states: torch.Tensor, target: torch.Tensor, neg: torch.Tensor
+                 ) -> torch.Tensor:
+        """The recommendation loss over positions with a target (target > 0).
+
+        states (B, T, H); target (B, T); neg (B, T) one negative per target (bce).
+        """
+        valid = target > 0
+        if not bool(valid.any()):
+            return states.sum() * 0.0
+        u = states[valid]                         # (n, H)
+        pos_ids = target[valid]
+        if self.cfg.loss == "bce":
+            pos_logit = (u * self.item_embeddings(pos_ids)).sum(-1)
+            neg_logit = (u * self.item_embeddings(neg[valid])).sum(-1)
+            return (F.binary_cross_entropy_with_logits(pos_logit, torch.ones_like(pos_logit))
+                    + F.binary_cross_entropy_with_logits(neg_logit,
+                                                         torch.zeros_like(neg_logit)))
+        if self.cfg.loss == "ce":
+            logits = u @ self.item_embeddings().T
+            logits[:, 0] = float("-inf")
+            logits[:, self.mask_token] = float("-inf")
+            return F.cross_entropy(logits.float(), pos_ids)
+        # sampled softmax: one shared set of uniform negatives; accidental hits masked
+        m = self.cfg.sampled_negatives
+        negs = torch.randint(1, self.num_items + 1, (m,), device=u.device)
+        pos_logit = (u * self.item_embeddings(pos_ids)).sum(-1, keepdim=True)
+        neg_logit = u @ self.item_embeddings(negs).T
+        neg_logit = neg_logit.masked_fill(negs[None, :] == pos_ids[:, None], float("-inf"))
+        logits = torch.cat([pos_logit, neg_logit], dim=1).float()
+        return F.cross_entropy(logits, torch.zeros(len(u), dtype=torch.long, device=u.device))
+
+    def item_reg_loss(self, seq: torch.Tensor) -> torch.Tensor:
+        """Alignment of the two views of the batch's items (SPEC §4.8, off in the paper).
+
+        Computed over the batch's *distinct* input items (the paper used every occurrence,
+        which makes the matrices grow with B·T).
+        """
+        if not self.cfg.dual:
+            return seq.new_zeros((), dtype=torch.float32)
+        ids = torch.unique(seq[seq > 0])
+        x, y = self.se(ids), self.co(ids)
+        logits = x @ y.T
+        targets = F.softmax((y @ y.T + x @ x.T) / 2, dim=-1)
+        return (F.cross_entropy(logits, targets) + F.cross_entropy(logits.T, targets.T)) / 2

@@ -1,0 +1,87 @@
+"""Item views: how an item id becomes a vector (SPEC §4.1).
+
+- :class:`IDView`: a trainable table (the collaborative view, E_co), random or PCA-initialised.
+- :class:`SemanticView`: the frozen LLM table (E_llm) followed by an adapter.
+
+Both tables have N + 2 rows: row 0 is padding and row N + 1 the Bert4Rec mask token. Both rows
+start at zero and, as in the paper, are not excluded from training in the ID table.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+from llmesr.errors import LlmesrError
+
+
+def _table(values: np.ndarray, num_items: int, what: str) -> torch.Tensor:
+    values = np.asarray(values, dtype=np.float32)
+    if values.ndim != 2 or values.shape[0] != num_items:
+        raise LlmesrError(f"{what} has shape {values.shape}, expected ({num_items}, dim): one row "
+                          "per item of the dataset")
+    table = torch.zeros(num_items + 2, values.shape[1])
+    table[1:num_items + 1] = torch.from_numpy(values)
+    return table
+
+
+class IDView(nn.Module):
+    """E_co: (N + 2, hidden), trainable."""
+
+    def __init__(self, num_items: int, hidden: int, init: np.ndarray | None = None):
+        super().__init__()
+        self.embedding = nn.Embedding(num_items + 2, hidden)
+        if init is None:
+            nn.init.xavier_normal_(self.embedding.weight)
+            with torch.no_grad():
+                self.embedding.weight[0].zero_()
+        else:
+            table = _table(init, num_items, "the PCA table")
+            if table.shape[1] != hidden:
+                raise LlmesrError(f"the PCA table has {table.shape[1]} dimensions but the model "
+                                  f"has hidden={hidden}; embed with --pca-dim {hidden}")
+            with torch.no_grad():
+                self.embedding.weight.copy_(table)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.embedding(ids)
+
+    def all(self) -> torch.Tensor:
+        return self.embedding.weight
+
+
+class SemanticView(nn.Module):
+    """g(E_llm[i]): the LLM table (a buffer when frozen, so never in the optimiser) + adapter.
+
+    The paper's adapter is Linear(D, D/2) -> Linear(D/2, hidden) with no activation (§9.1.2).
+    """
+
+    def __init__(self, llm: np.ndarray, num_items: int, hidden: int, layers: int = 2,
+                 activation: bool = False, freeze: bool = True):
+        super().__init__()
+        table = _table(llm, num_items, "the item embedding table")
+        self.frozen = freeze
+        if freeze:
+            self.register_buffer("llm", table, persistent=True)
+        else:
+            self.llm = nn.Parameter(table)
+        d = table.shape[1]
+        if layers == 2:
+            mid = max(d // 2, 1)
+            mods: list[nn.Module] = [nn.Linear(d, mid)]
+            if activation:
+                mods.append(nn.ReLU())
+            mods.append(nn.Linear(mid, hidden))
+        else:
+            mods = [nn.Linear(d, hidden)]
+        self.adapter = nn.Sequential(*mods)
+        for m in self.adapter:
+            if isinstance(m, nn.Linear):
+                nn.init.xavier_normal_(m.weight)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.adapter(self.llm[ids])
+
+    def all(self) -> torch.Tensor:
+        return self.adapter(self.llm)

@@ -1,0 +1,351 @@
+"""Training: Adam, early stopping on validation NDCG@10, best weights kept, resumable.
+
+Run directory::
+
+    RUN_DIR/
+      config.json          resolved model and training settings, dataset and embeddings used
+      model.safetensors    the best weights (by validation NDCG@10); the frozen LLM table is
+                           stored with them, so the run directory alone rebuilds the model
+      train_log.csv        one row per epoch: losses, validation metrics, time
+      tensorboard/         the same as TensorBoard events (when tensorboard is installed)
+      checkpoint/          the last epoch's model, optimizer, counters and RNG states (resume)
+      metrics.json         test (and best validation) metrics by protocol and group
+      ranks_test_<protocol>.npy   per-user ranks, for significance tests
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from llmesr.data.artifact import SequenceDataset, load_dataset
+from llmesr.data.io import provenance, sha256_file, write_json_atomic
+from llmesr.errors import LlmesrError
+from llmesr.evaluation.metrics import metrics_from_ranks
+from llmesr.evaluation.protocols import (fixed_rng, full_ranking_ranks, group_metrics,
+                                         sampled_ranks)
+from llmesr.models.config import ModelConfig, TrainConfig, configs_from_dict, configs_to_dict
+from llmesr.models.distill import SelfDistillation
+from llmesr.models.recommender import SequentialRecommender
+from llmesr.training.batches import BatchBuilder, TrainView, eval_inputs, to_tensors
+from llmesr.training.checkpoint import (load_training_state, load_weights, save_training_state,
+                                        save_weights)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise LlmesrError("device cuda was asked for but CUDA is not available")
+    return torch.device(name)
+
+
+def find_embeddings(data_dir: Path, name: str | None = None) -> Path | None:
+    """The semantic folder to use: ``name`` (a folder or a path), else the only/first one."""
+    if name:
+        p = Path(name)
+        p = p if p.is_dir() else data_dir / "semantic" / name
+        if not (p / "manifest.json").is_file():
+            raise LlmesrError(f"no embeddings at {p}; run 'llmesr embed {data_dir}'")
+        return p
+    root = data_dir / "semantic"
+    found = sorted(p for p in root.iterdir() if (p / "manifest.json").is_file()) \
+        if root.is_dir() else []
+    return found[0] if found else None
+
+
+def load_semantic(folder: Path | None, needs: bool) -> tuple[np.ndarray | None,
+                                                             np.ndarray | None,
+                                                             np.ndarray | None]:
+    """(item embeddings, PCA, neighbours) from an embed/import folder."""
+    if folder is None:
+        if needs:
+            raise LlmesrError("this model needs LLM embeddings; run 'llmesr embed DATA_DIR' "
+                              "first (or pass --embeddings)")
+        return None, None, None
+
+    def opt(name: str) -> np.ndarray | None:
+        f = folder / name
+        return np.load(f, allow_pickle=False) if f.is_file() else None
+
+    return opt("items.npy"), opt("items_pca.npy"), opt("neighbors.npy")
+
+
+class Trainer:
+    def __init__(self, data_dir: str | Path, mcfg: ModelConfig, tcfg: TrainConfig,
+                 run_dir: str | Path, *, embeddings: str | None = None, resume: bool = False,
+                 overwrite: bool = False, progress: bool = True, log=print):
+        self.data_dir = Path(data_dir)
+        self.run_dir = Path(run_dir)
+        self.mcfg, self.tcfg = mcfg, tcfg
+        self.progress, self.log = progress, log
+        ckpt = self.run_dir / "checkpoint"
+        if self.run_dir.exists() and any(self.run_dir.iterdir()):
+            if resume and (ckpt / "state.json").is_file():
+                saved = json.loads((self.run_dir / "config.json").read_text())["configs"]
+                now = json.loads(json.dumps(configs_to_dict(mcfg, tcfg)))
+                for d in (saved, now):       # more epochs may be asked for on resume
+                    d["train"].pop("epochs", None)
+                if saved != now:
+                    raise LlmesrError(f"{self.run_dir} was started with other settings; resume "
+                                      "with the same settings or use a new --out")
+            elif not overwrite:
+                raise LlmesrError(f"run directory {self.run_dir} is not empty (pass --resume to "
+                                  "continue it or --overwrite to start again)")
+        self.resume = resume and (ckpt / "state.json").is_file()
+        self.ds: SequenceDataset = load_dataset(self.data_dir)
+        needs_llm = mcfg.model == "llmesr" and mcfg.use_se_view
+        needs_pca = mcfg.model == "llminit" or (mcfg.model == "llmesr" and mcfg.use_co_view
+                                                and mcfg.co_init == "pca")
+        self.sem_dir = find_embeddings(self.data_dir, embeddings) if (
+            needs_llm or needs_pca or (mcfg.model == "llmesr" and mcfg.alpha > 0)) else None
+        llm, pca, nbrs = load_semantic(self.sem_dir, needs_llm or needs_pca)
+        self.use_sd = mcfg.model == "llmesr" and mcfg.alpha > 0
+        if self.use_sd and nbrs is None:
+            raise LlmesrError("self-distillation needs similar users (neighbors.npy); run "
+                              "'llmesr embed' with --neighbors, or set alpha=0")
+        self.device = resolve_device(tcfg.device)
+        torch.manual_seed(tcfg.seed)
+        self.rng = np.random.default_rng(tcfg.seed)
+        self.model = SequentialRecommender(mcfg, self.ds.num_items, llm, pca).to(self.device)
+        self.llm_dim = None if llm is None else int(llm.shape[1])
+        self.pca_dim = None if pca is None else int(pca.shape[1])
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.Adam(params, lr=tcfg.lr)
+        self.distill = SelfDistillation(mcfg.sd_teachers) if self.use_sd else None
+        self.view = TrainView.of(self.ds)
+        self.builder = BatchBuilder(self.view, mcfg.backbone, mcfg.max_len, self.rng,
+                                    neighbors=nbrs if self.use_sd else None,
+                                    teachers=mcfg.sd_teachers, mask_prob=mcfg.mask_prob,
+                                    fixed_width=not self.model.crop_is_exact)
+        self._eval_setup()
+
+    # ---- evaluation ------------------------------------------------------------------------
+    def _eval_setup(self) -> None:
+        users = self.ds.users
+        lengths = users["length"].to_numpy()
+        self.starts = self.ds.offsets[:-1].astype(np.int64)
+        has_valid = lengths >= 3
+        self.valid_rows = np.flatnonzero(has_valid)
+        self.valid_targets = users["valid_item"].to_numpy()[self.valid_rows]
+        evaluated = users["evaluated"].to_numpy()
+        self.test_rows = np.flatnonzero(evaluated)
+        self.test_targets = users["test_item"].to_numpy()[self.test_rows]
+        self.pop = np.concatenate([[0], self.ds.item_table["popularity"].to_numpy()])
+
+    def _score_fn(self, hist_len: np.ndarray):
+        model, device = self.model, self.device
+        cfg = self.mcfg
+
+        def score(rows: torch.Tensor, candidates: torch.Tensor | None) -> torch.Tensor:
+            r = rows.numpy()
+            seq, pos = eval_inputs(self.view.items, self.starts[r], hist_len[r], cfg.max_len,
+                                   cfg.backbone, self.ds.num_items + 1)
+            t = to_tensors(device, seq=seq, pos=pos)
+            with self._autocast():
+                if candidates is None:
+                    out = model.score_all(t["seq"], t["pos"])
+                else:
+                    out = model.score(t["seq"], t["pos"], candidates.to(device))
+            return out.float()
+
+        return score
+
+    def _autocast(self):
+        return torch.autocast("cuda", dtype=torch.bfloat16,
+                              enabled=self.device.type == "cuda" and self.tcfg.amp)
+
+    def evaluate(self, split: str, protocol: str, epoch: int = 0) -> tuple[np.ndarray,
+                                                                           np.ndarray]:
+        """Per-case ranks and the evaluated user rows for ``split`` under ``protocol``."""
+        lengths = self.ds.users["length"].to_numpy()
+        if split == "valid":
+            rows, targets = self.valid_rows, self.valid_targets
+            hist = np.where(lengths >= 3, lengths - 2, lengths)   # input = the training part
+        else:
+            rows, targets = self.test_rows, self.test_targets
+            hist = np.maximum(lengths - 1, 0)                     # input = all but the target
+        self.model.eval()
+        with torch.no_grad():
+            fn = self._score_fn(hist)
+            if protocol == "full":
+                ranks = full_ranking_ranks(fn, rows, targets, self.ds.num_items,
+                                           batch_size=self.tcfg.eval_batch_size,
+                                           ties=self.tcfg.ties, progress=False)
+            else:
+                # negatives avoid the user's evaluation sequence (history + target), SPEC §6
+                histories = [self.view.items[self.starts[r]:self.starts[r] + hist[r] + 1]
+                             for r in rows]
+                rng = (np.random.default_rng([self.tcfg.seed, epoch, 1 if split == "test"
+                                              else 0]) if self.tcfg.resample_negatives
+                       else fixed_rng(self.tcfg.seed, split))
+                ranks = sampled_ranks(fn, rows, targets, self.ds.num_items, histories,
+                                      n_neg=100, rng=rng, batch_size=self.tcfg.eval_batch_size,
+                                      ties=self.tcfg.ties, progress=False)
+        return ranks, rows
+
+    def grouped(self, ranks: np.ndarray, rows: np.ndarray, targets: np.ndarray
+                ) -> dict[str, Any]:
+        tail_user = self.ds.users["tail_user"].to_numpy()[rows]
+        tail_item = self.pop[targets] < self.ds.ts_item
+        return group_metrics(ranks, tail_user, tail_item)
+
+    # ---- training --------------------------------------------------------------------------
+    def _step(self, batch: dict[str, np.ndarray]) -> dict[str, float]:
+        t = to_tensors(self.device, **{k: v for k, v in batch.items() if k != "rows"})
+        with self._autocast():
+            states = self.model.encode(t["seq"], t["pos"])
+            rec = self.model.rec_loss(states, t["target"], t["neg"])
+            loss = rec
+            parts = {"rec": float(rec.detach())}
+            if self.distill is not None:
+                sd = self.distill(self.model, t["seq"], t["pos"], t["teacher_seq"],
+                                  t["teacher_pos"])
+                loss = loss + self.mcfg.alpha * sd
+                parts["sd"] = float(sd.detach())
+            if self.mcfg.item_reg:
+                reg = self.model.item_reg_loss(t["seq"])
+                loss = loss + self.mcfg.beta * reg
+                parts["reg"] = float(reg.detach())
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        parts["loss"] = float(loss.detach())
+        return parts
+
+    def fit(self) -> dict[str, Any]:
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self._write_config()
+        state = {"epoch": 0, "best_score": -1.0, "best_epoch": 0, "bad_epochs": 0,
+                 "train_seconds": 0.0, "history": []}
+        if self.resume:
+            state = load_training_state(self.run_dir / "checkpoint", self.model,
+                                        self.optimizer, self.rng)
+            self.log(f"resuming after epoch {state['epoch']}")
+        writer = self._tensorboard()
+        bs = self.tcfg.batch_size
+        while state["epoch"] < self.tcfg.epochs and state["bad_epochs"] < self.tcfg.patience:
+            epoch = state["epoch"] + 1
+            self.model.train()
+            t0 = time.perf_counter()
+            samples = self.builder.epoch_samples()
+            sums: dict[str, float] = {}
+            steps = 0
+            bar = tqdm(range(0, len(samples), bs), desc=f"epoch {epoch}", unit="step",
+                       disable=not self.progress, dynamic_ncols=True, leave=False)
+            for start in bar:
+                parts = self._step(self.builder.train_batch(samples[start:start + bs]))
+                for k, v in parts.items():
+                    sums[k] = sums.get(k, 0.0) + v
+                steps += 1
+                bar.set_postfix(loss=f"{sums['loss'] / steps:.4f}")
+            train_time = time.perf_counter() - t0
+            t1 = time.perf_counter()
+            ranks, _ = self.evaluate("valid", self.tcfg.valid_protocol, epoch)
+            valid = metrics_from_ranks(ranks)
+            eval_time = time.perf_counter() - t1
+            score = valid["NDCG@10"]
+            improved = score > state["best_score"]     # strictly better, as the paper
+            if improved:
+                state.update(best_score=score, best_epoch=epoch, bad_epochs=0)
+                save_weights(self.model, self.run_dir / "model.safetensors")
+            else:
+                state["bad_epochs"] += 1
+            state["epoch"] = epoch
+            state["train_seconds"] += train_time
+            row = {"epoch": epoch, **{k: round(v / max(steps, 1), 6) for k, v in sums.items()},
+                   "valid_HR@10": round(valid["HR@10"], 6), "valid_NDCG@10": round(score, 6),
+                   "train_seconds": round(train_time, 2), "eval_seconds": round(eval_time, 2),
+                   "best": improved}
+            state["history"].append(row)
+            self._append_csv(row)
+            if writer is not None:
+                for k, v in row.items():
+                    if isinstance(v, (int, float)) and k != "epoch":
+                        writer.add_scalar(k, v, epoch)
+                writer.flush()
+            self.log(f"epoch {epoch}: loss {row['loss']:.4f}  valid NDCG@10 {score:.4f}  "
+                     f"HR@10 {valid['HR@10']:.4f}{'  *' if improved else ''}  "
+                     f"({train_time:.1f} s + {eval_time:.1f} s eval)")
+            save_training_state(self.run_dir / "checkpoint", self.model, self.optimizer, state,
+                                self.rng)
+        if writer is not None:
+            writer.close()
+        return self.finish(state)
+
+    def finish(self, state: dict[str, Any]) -> dict[str, Any]:
+        """Reload the best weights and evaluate the test split."""
+        if (self.run_dir / "model.safetensors").is_file():
+            load_weights(self.model, self.run_dir / "model.safetensors")
+        metrics: dict[str, Any] = {"test": {}, "valid": {}}
+        for protocol in self.tcfg.test_protocols:
+            ranks, rows = self.evaluate("test", protocol, epoch=state["best_epoch"])
+            metrics["test"][protocol] = self.grouped(ranks, rows, self.test_targets)
+            np.save(self.run_dir / f"ranks_test_{protocol}.npy", ranks)
+        vranks, vrows = self.evaluate("valid", self.tcfg.valid_protocol, state["best_epoch"])
+        metrics["valid"][self.tcfg.valid_protocol] = self.grouped(vranks, vrows,
+                                                                  self.valid_targets)
+        metrics.update(best_epoch=state["best_epoch"], epochs=state["epoch"],
+                       train_seconds=round(state["train_seconds"], 2),
+                       stopped_early=state["bad_epochs"] >= self.tcfg.patience)
+        np.save(self.run_dir / "ranks_test_users.npy", self.test_rows + 1)
+        write_json_atomic(self.run_dir / "metrics.json", metrics)
+        return metrics
+
+    # ---- files -----------------------------------------------------------------------------
+    def _write_config(self) -> None:
+        cfg = {
+            "kind": "llmesr-run", "format_version": 1, **provenance(),
+            "configs": configs_to_dict(self.mcfg, self.tcfg),
+            "dataset": {"path": str(self.data_dir.resolve()), "name": self.ds.manifest["name"],
+                        "manifest_sha256": sha256_file(self.data_dir / "manifest.json"),
+                        "num_items": self.ds.num_items, "num_users": self.ds.num_users},
+            "embeddings": None if self.sem_dir is None else {
+                "path": str(self.sem_dir.resolve()),
+                "manifest_sha256": sha256_file(self.sem_dir / "manifest.json")},
+            "llm_dim": self.llm_dim, "pca_dim": self.pca_dim,
+            "device": str(self.device), "torch": torch.__version__,
+        }
+        write_json_atomic(self.run_dir / "config.json", cfg)
+
+    def _append_csv(self, row: dict[str, Any]) -> None:
+        path = self.run_dir / "train_log.csv"
+        fields = ["epoch", "loss", "rec", "sd", "reg", "valid_HR@10", "valid_NDCG@10",
+                  "train_seconds", "eval_seconds", "best"]
+        new = not path.exists()
+        with open(path, "a", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
+            if new:
+                w.writeheader()
+            w.writerow(row)
+
+    def _tensorboard(self):
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            return None
+        return SummaryWriter(str(self.run_dir / "tensorboard"))
+
+
+def load_run(run_dir: str | Path, device: str = "cpu") -> tuple[SequentialRecommender,
+                                                                 dict[str, Any]]:
+    """Rebuild a trained model from its run directory alone."""
+    run_dir = Path(run_dir)
+    try:
+        cfg = json.loads((run_dir / "config.json").read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise LlmesrError(f"{run_dir} is not a readable run directory ({e})") from None
+    mcfg, _ = configs_from_dict(cfg["configs"])
+    n = cfg["dataset"]["num_items"]
+    llm = np.zeros((n, cfg["llm_dim"]), np.float32) if cfg["llm_dim"] else None
+    pca = np.zeros((n, cfg["pca_dim"]), np.float32) if cfg["pca_dim"] else None
+    model = SequentialRecommender(mcfg, n, llm, pca)
+    load_weights(model, run_dir / "model.safetensors")
+    return model.to(resolve_device(device)).eval(), cfg

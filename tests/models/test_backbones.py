@@ -1,0 +1,282 @@
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from llmesr.errors import LlmesrError
+from llmesr.models.backbones import GRUBackbone, TransformerBackbone
+
+D = 16
+MODES = [(c, m) for c in (False, True) for m in (False, True)]  # (causal, mask_padded_keys)
+
+
+def left_padded(lengths: list[int], t: int, d: int = D, garbage: bool = True, seed: int = 0):
+    """Random inputs, left padded to t; padded slots hold random garbage (the backbone must cope)."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(len(lengths), t, d, generator=g)
+    mask = torch.zeros(len(lengths), t, dtype=torch.bool)
+    for b, n in enumerate(lengths):
+        mask[b, t - n:] = True
+    if not garbage:
+        x = x * mask.unsqueeze(-1)
+    return x, mask
+
+
+def repad(x: torch.Tensor, mask: torch.Tensor, extra: int, seed: int = 1):
+    """Add `extra` more left-padding columns (filled with garbage)."""
+    g = torch.Generator().manual_seed(seed)
+    pad = torch.randn(x.shape[0], extra, x.shape[2], generator=g)
+    return torch.cat([pad, x], 1), torch.cat([torch.zeros(x.shape[0], extra, dtype=torch.bool), mask], 1)
+
+
+def randomize_biases(model: nn.Module, seed: int = 3) -> None:
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.dim() == 1:
+                offset = 1.0 if name.endswith(".weight") else 0.0  # LayerNorm gains stay near 1
+                p.copy_(torch.randn(p.shape, generator=g) * 0.5 + offset)
+
+
+def trm(seed: int = 0, **kw) -> TransformerBackbone:
+    torch.manual_seed(seed)
+    kw.setdefault("hidden", D)
+    return TransformerBackbone(**kw).eval()
+
+
+# ---------------------------------------------------------------- transformer
+
+
+@pytest.mark.parametrize("mask_keys", [True, False])
+def test_causal_no_lookahead(mask_keys):
+    model = trm(causal=True, mask_padded_keys=mask_keys, layers=2, heads=2)
+    x, mask = left_padded([7, 4, 10], 10)
+    with torch.no_grad():
+        base = model(x, mask)
+        for t in (0, 3, 5, 8):
+            x2 = x.clone()
+            x2[:, t + 1:] += torch.randn_like(x2[:, t + 1:]) * 3
+            out = model(x2, mask)
+            assert torch.allclose(out[:, :t + 1], base[:, :t + 1], atol=1e-6)
+            if t < 9:  # sanity: later positions do change
+                assert not torch.allclose(out[:, t + 1:], base[:, t + 1:], atol=1e-3)
+
+
+def test_bidirectional_looks_ahead():
+    for mask_keys in (True, False):
+        model = trm(causal=False, mask_padded_keys=mask_keys)
+        x, mask = left_padded([6], 6)
+        with torch.no_grad():
+            base = model(x, mask)
+            x2 = x.clone()
+            x2[:, -1] += 2.0
+            out = model(x2, mask)
+        assert (out[:, 0] - base[:, 0]).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("causal", [True, False])
+def test_transformer_padding_invariance_with_masked_keys(causal):
+    model = trm(causal=causal, mask_padded_keys=True, heads=2)
+    randomize_biases(model)
+    x, mask = left_padded([5, 2, 8, 1], 8)
+    x2, mask2 = repad(x, mask, 9)
+    with torch.no_grad():
+        a = model(x, mask)
+        b = model(x2, mask2)
+    real = mask
+    assert torch.allclose(a[real], b[:, 9:][real], atol=1e-5)
+    # garbage in padded slots does not matter either
+    x3 = x.clone()
+    x3[~mask] = torch.randn_like(x3[~mask]) * 10
+    with torch.no_grad():
+        c = model(x3, mask)
+    assert torch.allclose(a, c, atol=1e-6)
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_paper_mode_depends_on_padding(causal):
+    model = trm(causal=causal, mask_padded_keys=False)
+    x, mask = left_padded([3, 5], 5)
+    x2, mask2 = repad(x, mask, 20)
+    with torch.no_grad():
+        a = model(x, mask)
+        b = model(x2, mask2)
+    assert (a[mask] - b[:, 20:][mask]).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("heads", [1, 2])
+@pytest.mark.parametrize("random_biases", [False, True])
+def test_pad_to_closed_form_equals_full_length_run(causal, heads, random_biases):
+    model = trm(causal=causal, mask_padded_keys=False, heads=heads, layers=2)
+    if random_biases:
+        randomize_biases(model)
+        assert model.attns[0].k_proj.bias.abs().sum() > 0
+    L = 200
+    x_full, mask_full = left_padded([12, 3, 1, 0, 7], L)
+    t = 12
+    x, mask = x_full[:, -t:], mask_full[:, -t:]
+    with torch.no_grad():
+        full = model(x_full, mask_full)
+        cropped = model(x, mask, pad_to=L)
+        naive = model(x, mask)
+    assert torch.allclose(cropped, full[:, -t:], atol=1e-5)
+    # the correction is what makes them equal
+    assert (naive[mask] - full[:, -t:][mask]).abs().max() > 1e-3
+    # pad_to == T is a no-op; pad_to shorter than T is an error
+    with torch.no_grad():
+        assert torch.equal(model(x, mask, pad_to=t), naive)
+    with pytest.raises(LlmesrError):
+        model(x, mask, pad_to=t - 1)
+
+
+def test_pad_to_ignored_when_keys_masked():
+    model = trm(causal=False, mask_padded_keys=True)
+    x, mask = left_padded([4, 2], 6)
+    with torch.no_grad():
+        assert torch.equal(model(x, mask, pad_to=200), model(x, mask))
+
+
+@pytest.mark.parametrize("causal,mask_keys", MODES)
+def test_empty_history_is_finite(causal, mask_keys):
+    model = trm(causal=causal, mask_padded_keys=mask_keys, heads=2)
+    randomize_biases(model)
+    x, mask = left_padded([0, 3, 0], 5)
+    for train in (False, True):
+        model.train(train)
+        out = model(x, mask)
+        out_pad = model(x, mask, pad_to=50)
+        assert torch.isfinite(out).all() and torch.isfinite(out_pad).all()
+    x, mask = left_padded([0, 0], 4)
+    model.eval()
+    with torch.no_grad():
+        assert torch.isfinite(model(x, mask)).all()
+
+
+def test_transformer_deterministic_and_trainable():
+    a, b = trm(seed=5, causal=False, mask_padded_keys=False), trm(seed=5, causal=False, mask_padded_keys=False)
+    for (na, pa), (nb, pb) in zip(a.named_parameters(), b.named_parameters()):
+        assert na == nb and torch.equal(pa, pb)
+    x, mask = left_padded([4, 6], 6)
+    a.train(), b.train()
+    torch.manual_seed(11)
+    oa = a(x, mask, pad_to=20)
+    torch.manual_seed(11)
+    ob = b(x, mask, pad_to=20)
+    assert torch.equal(oa, ob)
+    # dropout is active in train mode
+    assert not torch.equal(a(x, mask), a(x, mask))
+    xr = x.clone().requires_grad_(True)
+    a(xr, mask)[:, -1].pow(2).sum().backward()
+    assert xr.grad is not None and xr.grad[mask].abs().sum() > 0
+    assert torch.equal(xr.grad[~mask], torch.zeros_like(xr.grad[~mask]))  # padding is zeroed first
+    for name, p in a.named_parameters():
+        assert p.grad is not None and torch.isfinite(p.grad).all(), name
+    assert a.attns[0].q_proj.weight.grad.abs().sum() > 0
+
+
+def test_transformer_init_like_paper():
+    torch.manual_seed(0)
+    model = TransformerBackbone(hidden=64, layers=2)
+    attn = model.attns[0]
+    for lin in (attn.q_proj, attn.k_proj, attn.v_proj, attn.out_proj):
+        assert torch.equal(lin.bias, torch.zeros(64))
+    w = torch.cat([attn.q_proj.weight, attn.k_proj.weight, attn.v_proj.weight])
+    assert abs(w.std().item() - (2 / (64 + 192)) ** 0.5) < 0.01  # packed (3d, d) xavier
+    assert abs(model.ffns[0].w1.weight.std().item() - (2 / 128) ** 0.5) < 0.02
+    assert model.ffns[0].w1.bias.abs().max() > 0  # default (uniform) bias, not zero
+    assert torch.equal(model.last_norm.weight, torch.ones(64))
+    assert model.last_norm.eps == 1e-8
+
+
+def test_transformer_shape_errors():
+    model = trm()
+    x, mask = left_padded([2], 3)
+    with pytest.raises(LlmesrError):
+        model(x[..., :-1], mask)
+    with pytest.raises(LlmesrError):
+        model(x[0], mask[0])
+    with pytest.raises(LlmesrError):
+        model(x, mask[:, :-1])
+    with pytest.raises(LlmesrError):
+        model(x, mask.float())
+    with pytest.raises(LlmesrError):
+        TransformerBackbone(hidden=10, heads=3)
+
+
+# ---------------------------------------------------------------- GRU
+
+
+def gru(seed: int = 0, **kw) -> GRUBackbone:
+    torch.manual_seed(seed)
+    kw.setdefault("hidden", D)
+    return GRUBackbone(**kw).eval()
+
+
+@pytest.mark.parametrize("layers", [1, 2])
+def test_gru_unmasked_matches_plain_gru(layers):
+    model = gru(mask_padding=False, layers=layers)
+    x, mask = left_padded([3, 6, 0], 6)
+    with torch.no_grad():
+        out = model(x, mask)
+        ref, _ = model.gru(x)
+    assert torch.equal(out, ref)
+    # and it does depend on the padding (paper quirk)
+    x2, mask2 = repad(x, mask, 4)
+    with torch.no_grad():
+        out2 = model(x2, mask2)
+    assert (out2[:, -1] - out[:, -1]).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("layers", [1, 2])
+def test_gru_masked_last_output_equals_unpadded_run(layers):
+    model = gru(mask_padding=True, layers=layers)
+    lengths = [3, 6, 1, 5]
+    x, mask = left_padded(lengths, 6)
+    with torch.no_grad():
+        out = model(x, mask)
+        for b, n in enumerate(lengths):
+            ref, _ = model.gru(x[b:b + 1, 6 - n:])
+            assert torch.allclose(out[b, -1], ref[0, -1], atol=1e-6)
+            assert torch.allclose(out[b, 6 - n:], ref[0], atol=1e-6)
+    assert torch.equal(out[~mask], torch.zeros_like(out[~mask]))
+
+
+def test_gru_masked_padding_invariance_and_empty_rows():
+    model = gru(mask_padding=True)
+    x, mask = left_padded([4, 0, 2], 5)
+    x2, mask2 = repad(x, mask, 7)
+    with torch.no_grad():
+        a = model(x, mask)
+        b = model(x2, mask2)
+    assert torch.allclose(a[mask], b[:, 7:][mask], atol=1e-6)
+    assert torch.isfinite(a).all() and torch.equal(a[1], torch.zeros_like(a[1]))
+    unmasked = gru(mask_padding=False)
+    with torch.no_grad():
+        assert torch.isfinite(unmasked(x, mask)).all()
+
+
+def test_gru_deterministic_trainable_and_init():
+    a, b = gru(seed=2), gru(seed=2)
+    for pa, pb in zip(a.parameters(), b.parameters()):
+        assert torch.equal(pa, pb)
+    assert all("bias" not in n for n, _ in a.gru.named_parameters())
+    w = a.gru.weight_hh_l0
+    assert abs(w.std().item() - (2 / (D + 3 * D)) ** 0.5) < 0.03
+    a.train()
+    x, mask = left_padded([3, 5], 5)
+    xr = x.clone().requires_grad_(True)
+    a(xr, mask)[:, -1].sum().backward()
+    assert xr.grad[mask].abs().sum() > 0
+    assert torch.equal(xr.grad[~mask], torch.zeros_like(xr.grad[~mask]))
+    assert a.gru.weight_ih_l0.grad.abs().sum() > 0
+
+
+def test_gru_shape_errors():
+    model = gru()
+    x, mask = left_padded([2], 3)
+    with pytest.raises(LlmesrError):
+        model(x[..., :-1], mask)
+    with pytest.raises(LlmesrError):
+        model(x, mask[:, 1:])
