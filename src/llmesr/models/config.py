@@ -60,6 +60,10 @@ class ModelConfig:
     #: self-distillation weight (0 = "w/o SD") and number of teacher users
     alpha: float = 0.1
     sd_teachers: int = 10
+    #: run the teachers with dropout on (the paper, §9.1.13). Off by default: the teachers
+    #: are targets, and dropout only adds noise to them (and costs 4x: drawing the attention
+    #: dropout masks of B * K sequences dominates their forward pass on CPU).
+    teacher_dropout: bool = False
     #: item regularisation (SPEC §4.8; off in the paper's scripts)
     item_reg: bool = False
     beta: float = 0.1
@@ -124,7 +128,7 @@ class TrainConfig:
 PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     "paper": {
         "model": {"causal": False, "mask_padded_keys": False, "gru_mask_padding": False,
-                  "causal_cross_attention": False},
+                  "causal_cross_attention": False, "teacher_dropout": True},
         "train": {"valid_protocol": "sampled", "resample_negatives": True,
                   "ties": "optimistic"},
     },

@@ -3,7 +3,7 @@
 L_sd = MSE(u_b, mean_k t_bk): the student u_b is the user's last-position state from a second
 forward pass (its own dropout mask, gradients on); the teachers t_bk are the states of the
 K most similar users' histories (their training items minus the last), computed in train mode
-(dropout on, as in the paper) but without autograd: the paper built their graph and then
+(dropout on, as in the paper, when ``teacher_dropout``; else in eval mode) but without autograd: the paper built their graph and then
 detached it, which gives the same values at a large memory cost.
 """
 
@@ -15,15 +15,22 @@ from torch import nn
 
 
 class SelfDistillation(nn.Module):
-    def __init__(self, teachers: int = 10):
+    def __init__(self, teachers: int = 10, teacher_dropout: bool = True):
         super().__init__()
         self.teachers = teachers
+        self.teacher_dropout = teacher_dropout
 
     def forward(self, model: nn.Module, seq: torch.Tensor, pos: torch.Tensor,
                 teacher_seq: torch.Tensor, teacher_pos: torch.Tensor) -> torch.Tensor:
         """seq/pos (B, T): the students' inputs; teacher_seq/pos (B * K, T'): K per student."""
         student = model.user_state(seq, pos)
-        with torch.no_grad():
-            teacher = model.user_state(teacher_seq, teacher_pos)
-            teacher = teacher.view(len(seq), -1, teacher.shape[-1]).mean(dim=1)
+        was_training = model.training
+        if not self.teacher_dropout:
+            model.eval()
+        try:
+            with torch.no_grad():
+                teacher = model.user_state(teacher_seq, teacher_pos)
+        finally:
+            model.train(was_training)
+        teacher = teacher.view(len(seq), -1, teacher.shape[-1]).mean(dim=1)
         return F.mse_loss(student.float(), teacher.float())

@@ -119,7 +119,8 @@ class Trainer:
         self.pca_dim = None if pca is None else int(pca.shape[1])
         params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.Adam(params, lr=tcfg.lr)
-        self.distill = SelfDistillation(mcfg.sd_teachers) if self.use_sd else None
+        self.distill = SelfDistillation(mcfg.sd_teachers, mcfg.teacher_dropout) \
+            if self.use_sd else None
         self.view = TrainView.of(self.ds)
         self.builder = BatchBuilder(self.view, mcfg.backbone, mcfg.max_len, self.rng,
                                     neighbors=nbrs if self.use_sd else None,

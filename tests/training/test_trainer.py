@@ -1,0 +1,120 @@
+"""Training on a real subset of beauty-s3rec: every model x backbone, determinism, resume,
+reloading a run from its directory alone."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from llmesr.cli import main
+from llmesr.data.pipeline import prepare
+from llmesr.errors import LlmesrError
+from llmesr.models.config import build_configs
+from llmesr.semantic.encoders import HashingEncoder
+from llmesr.semantic.pipeline import embed
+from llmesr.training.trainer import Trainer, load_run
+
+pytestmark = pytest.mark.shared_data
+USERS = 600
+
+
+@pytest.fixture(scope="module")
+def beauty_subset(shared_data, tmp_path_factory):
+    """The first 600 users of beauty-s3rec with their real texts, embedded by hashing."""
+    src = shared_data / "beauty-s3rec"
+    tmp = tmp_path_factory.mktemp("beauty")
+    seqs = (src / "Beauty.txt").read_text().splitlines()[:USERS]
+    raw = (src / "user_sequence_raw_asin.txt").read_text().splitlines()[:USERS]
+    asins = {a for line in raw for a in line.split()[1:]}
+    text = [ln for ln in (src / "item_short_text.txt").read_text().splitlines()
+            if ln.split(" ", 1)[0] in asins]
+    (tmp / "S.txt").write_text("\n".join(seqs) + "\n")
+    (tmp / "raw.txt").write_text("\n".join(raw) + "\n")
+    (tmp / "text.txt").write_text("\n".join(text) + "\n")
+    data = tmp / "ds"
+    prepare("s3rec", data, source=tmp / "S.txt", items=tmp / "text.txt",
+            reader_options={"raw_sequences": str(tmp / "raw.txt"), "text_field": "title"},
+            settings={"kcore_user": 0, "kcore_item": 0, "min_history": 0, "order": "file"},
+            log=lambda *a: None)
+    embed(data, encoder=HashingEncoder(dim=128), pca_dim=64, neighbors=20, progress=False,
+          log=lambda *a: None)
+    return data
+
+
+def _train(data, out, model="llmesr", backbone="sasrec", preset="default", **over):
+    # short windows and 3 teachers keep CI fast; the paper's 200 / 10 are benchmarked
+    settings = {"epochs": "2", "patience": "2", "max_len": "30", "sd_teachers": "3",
+                **{k: str(v) for k, v in over.items()}}
+    mcfg, tcfg = build_configs(preset, backbone, model, settings)
+    return Trainer(data, mcfg, tcfg, out, progress=False, log=lambda *a: None, **(
+        {"overwrite": True}))
+
+
+@pytest.mark.parametrize("backbone", ["sasrec", "bert4rec", "gru4rec"])
+@pytest.mark.parametrize("model", ["id", "llminit", "llmesr"])
+def test_every_model_and_backbone_trains(beauty_subset, tmp_path, model, backbone):
+    m = _train(beauty_subset, tmp_path / "run", model, backbone, epochs=1).fit()
+    for protocol in ("full", "sampled"):
+        res = m["test"][protocol]
+        assert res["counts"]["overall"] == USERS
+        assert 0.0 <= res["overall"]["NDCG@10"] <= res["overall"]["HR@10"] <= 1.0
+    rows = list(csv.DictReader(open(tmp_path / "run" / "train_log.csv")))
+    assert len(rows) == 1 and np.isfinite(float(rows[0]["loss"]))
+    if model == "llmesr":
+        assert float(rows[0]["sd"]) > 0
+
+
+def test_same_seed_same_losses(beauty_subset, tmp_path):
+    logs = []
+    for k in range(2):
+        _train(beauty_subset, tmp_path / f"r{k}", "llmesr", "sasrec", "paper").fit()
+        logs.append([(r["loss"], r["valid_NDCG@10"])
+                     for r in csv.DictReader(open(tmp_path / f"r{k}" / "train_log.csv"))])
+    assert logs[0] == logs[1]
+    other = _train(beauty_subset, tmp_path / "r2", "llmesr", "sasrec", "paper", seed=7)
+    other.fit()
+    assert [r["loss"] for r in csv.DictReader(open(tmp_path / "r2" / "train_log.csv"))] != \
+        [a for a, _ in logs[0]]
+
+
+def test_resume_continues_exactly(beauty_subset, tmp_path):
+    _train(beauty_subset, tmp_path / "straight", epochs=2, patience=5).fit()
+    _train(beauty_subset, tmp_path / "split", epochs=1, patience=5).fit()
+    mcfg, tcfg = build_configs("default", "sasrec", "llmesr", {
+        "epochs": "2", "patience": "5", "max_len": "30", "sd_teachers": "3"})
+    Trainer(beauty_subset, mcfg, tcfg, tmp_path / "split", resume=True, progress=False,
+            log=lambda *a: None).fit()
+    a = list(csv.DictReader(open(tmp_path / "straight" / "train_log.csv")))
+    b = list(csv.DictReader(open(tmp_path / "split" / "train_log.csv")))
+    assert [r["loss"] for r in a] == [r["loss"] for r in b]
+
+
+def test_run_directory_reloads_the_model(beauty_subset, tmp_path):
+    tr = _train(beauty_subset, tmp_path / "run", epochs=1)
+    tr.fit()
+    model, cfg = load_run(tmp_path / "run")
+    seq = torch.tensor([[0, 3, 5, 9]])
+    pos = torch.tensor([[0, 1, 2, 3]])
+    tr.model.eval()
+    with torch.no_grad():
+        assert torch.allclose(model.score_all(seq, pos), tr.model.score_all(seq, pos))
+    assert cfg["configs"]["model"]["model"] == "llmesr"
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["epochs"] == 1
+    assert (tmp_path / "run" / "tensorboard").is_dir()
+
+
+def test_run_dir_protection_and_cli(beauty_subset, tmp_path, capsys):
+    _train(beauty_subset, tmp_path / "run", epochs=1).fit()
+    mcfg, tcfg = build_configs("default", "sasrec", "llmesr", {"epochs": "1", "max_len": "30"})
+    with pytest.raises(LlmesrError, match="not empty"):
+        Trainer(beauty_subset, mcfg, tcfg, tmp_path / "run", progress=False)
+    code = main(["train", str(beauty_subset), "--model", "id", "--epochs", "1", "--quiet",
+                 "--set", "max_len=30", "--out", str(tmp_path / "cli")])
+    assert code == 0 and (tmp_path / "cli" / "model.safetensors").is_file()
+    code = main(["train", str(beauty_subset), "--model", "id", "--set", "colour=red",
+                 "--out", str(tmp_path / "bad")])
+    assert code == 2 and "unknown setting 'colour'" in capsys.readouterr().err
