@@ -123,3 +123,13 @@ def test_ablation_switches_change_the_architecture():
     one = make("llmesr", adapter_layers=1).se.adapter
     assert len(one) == 1
     assert make("llmesr").state_dim == 16 and make("id").state_dim == 8
+
+
+@pytest.mark.parametrize("preset", ["default", "paper"])
+def test_chunked_teachers_equal_one_pass(preset):
+    m = make("llmesr", "sasrec", preset).eval()
+    rows = [[1, 2], [4, 5, 6, 7, 8, 9, 10, 11], [7], [8, 9, 3], [12, 13, 14, 15, 16]]
+    tseq, tpos = batch(rows, 8)
+    sd = SelfDistillation(5, teacher_dropout=False, chunk=2)
+    assert torch.allclose(sd._teacher_states(m, tseq, tpos), m.user_state(tseq, tpos),
+                          atol=1e-5)

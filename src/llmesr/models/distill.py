@@ -15,21 +15,48 @@ from torch import nn
 
 
 class SelfDistillation(nn.Module):
-    def __init__(self, teachers: int = 10, teacher_dropout: bool = True):
+    def __init__(self, teachers: int = 10, teacher_dropout: bool = True, chunk: int = 256):
         super().__init__()
         self.teachers = teachers
         self.teacher_dropout = teacher_dropout
+        self.chunk = chunk
+
+    def _teacher_states(self, model: nn.Module, seq: torch.Tensor, pos: torch.Tensor
+                        ) -> torch.Tensor:
+        """Last-position states of the teachers, computed in chunks of similar length.
+
+        A batch holds B * K teacher histories whose lengths vary widely; cropping all of them
+        to the longest wastes most of the work. When the model's output does not depend on
+        the amount of left padding (``model.crop_is_exact``), teachers are sorted by length
+        and each chunk is cropped to its own longest history: the same states, far fewer
+        tokens.
+        """
+        if not getattr(model, "crop_is_exact", False):
+            return model.user_state(seq, pos)
+        lengths = (seq > 0).sum(dim=1)
+        order = torch.argsort(lengths, stable=True)
+        out = torch.empty(len(seq), model.state_dim, device=seq.device)
+        for start in range(0, len(seq), self.chunk):
+            idx = order[start:start + self.chunk]
+            width = max(int(lengths[idx].max()), 1)
+            out[idx] = model.user_state(seq[idx, -width:], pos[idx, -width:]).float()
+        return out
 
     def forward(self, model: nn.Module, seq: torch.Tensor, pos: torch.Tensor,
-                teacher_seq: torch.Tensor, teacher_pos: torch.Tensor) -> torch.Tensor:
-        """seq/pos (B, T): the students' inputs; teacher_seq/pos (B * K, T'): K per student."""
-        student = model.user_state(seq, pos)
+                teacher_seq: torch.Tensor, teacher_pos: torch.Tensor,
+                student: torch.Tensor | None = None) -> torch.Tensor:
+        """seq/pos (B, T): the students' inputs; teacher_seq/pos (B * K, T'): K per student.
+
+        ``student`` (B, H): the students' states when the caller already ran the second pass.
+        """
+        if student is None:
+            student = model.user_state(seq, pos)
         was_training = model.training
         if not self.teacher_dropout:
             model.eval()
         try:
             with torch.no_grad():
-                teacher = model.user_state(teacher_seq, teacher_pos)
+                teacher = self._teacher_states(model, teacher_seq, teacher_pos)
         finally:
             model.train(was_training)
         teacher = teacher.view(len(seq), -1, teacher.shape[-1]).mean(dim=1)

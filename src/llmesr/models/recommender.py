@@ -142,13 +142,16 @@ class SequentialRecommender(nn.Module):
         states (B, T, H); target (B, T); neg (B, T) one negative per target (bce).
         """
         valid = target > 0
-        if not bool(valid.any()):
-            return states.sum() * 0.0
-        u = states[valid]                         # (n, H)
-        pos_ids = target[valid]
+        return self.rec_loss_flat(states[valid], target[valid], neg[valid])
+
+    def rec_loss_flat(self, u: torch.Tensor, pos_ids: torch.Tensor, neg_ids: torch.Tensor
+                      ) -> torch.Tensor:
+        """The same loss from the states (n, H) of the n positions that have a target."""
+        if len(u) == 0:
+            return u.sum() * 0.0
         if self.cfg.loss == "bce":
             pos_logit = (u * self.item_embeddings(pos_ids)).sum(-1)
-            neg_logit = (u * self.item_embeddings(neg[valid])).sum(-1)
+            neg_logit = (u * self.item_embeddings(neg_ids)).sum(-1)
             return (F.binary_cross_entropy_with_logits(pos_logit, torch.ones_like(pos_logit))
                     + F.binary_cross_entropy_with_logits(neg_logit,
                                                          torch.zeros_like(neg_logit)))
