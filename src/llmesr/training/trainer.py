@@ -145,6 +145,8 @@ class Trainer:
     def _score_fn(self, hist_len: np.ndarray):
         model, device = self.model, self.device
         cfg = self.mcfg
+        with self._autocast():
+            table = model.item_embeddings()   # once per evaluation, not once per batch
 
         def score(rows: torch.Tensor, candidates: torch.Tensor | None) -> torch.Tensor:
             r = rows.numpy()
@@ -152,10 +154,11 @@ class Trainer:
                                    cfg.backbone, self.ds.num_items + 1)
             t = to_tensors(device, seq=seq, pos=pos)
             with self._autocast():
+                u = model.user_state(t["seq"], t["pos"])
                 if candidates is None:
-                    out = model.score_all(t["seq"], t["pos"])
+                    out = u @ table.T
                 else:
-                    out = model.score(t["seq"], t["pos"], candidates.to(device))
+                    out = (table[candidates.to(device)] * u[:, None, :]).sum(-1)
             return out.float()
 
         return score
