@@ -59,5 +59,5 @@ class SelfDistillation(nn.Module):
                 teacher = self._teacher_states(model, teacher_seq, teacher_pos)
         finally:
             model.train(was_training)
-        teacher = teacher.view(len(seq), -1, teacher.shape[-1]).mean(dim=1)
+        teacher = teacher.view(len(seq), self.teachers, teacher.shape[-1]).mean(dim=1)
         return F.mse_loss(student.float(), teacher.float())

@@ -119,13 +119,14 @@ class Trainer:
         self.pca_dim = None if pca is None else int(pca.shape[1])
         params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.Adam(params, lr=tcfg.lr)
-        self.distill = SelfDistillation(mcfg.sd_teachers, mcfg.teacher_dropout) \
-            if self.use_sd else None
+        # a small dataset may have fewer neighbours per user than sd_teachers
+        teachers = min(mcfg.sd_teachers, nbrs.shape[1]) if self.use_sd else 0
+        self.distill = SelfDistillation(teachers, mcfg.teacher_dropout) if self.use_sd else None
         self.view = TrainView.of(self.ds)
         self.row_chunk = 32      # rows per length group in a training step (see _chunks)
         self.builder = BatchBuilder(self.view, mcfg.backbone, mcfg.max_len, self.rng,
                                     neighbors=nbrs if self.use_sd else None,
-                                    teachers=mcfg.sd_teachers, mask_prob=mcfg.mask_prob,
+                                    teachers=teachers, mask_prob=mcfg.mask_prob,
                                     fixed_width=not self.model.crop_is_exact)
         self._eval_setup()
 
