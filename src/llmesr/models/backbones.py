@@ -60,6 +60,8 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from llmesr.errors import LlmesrError
+from llmesr.models.dropout import Dropout
+from llmesr.models.dropout import dropout as fast_dropout
 
 __all__ = ["TransformerBackbone", "GRUBackbone"]
 
@@ -106,26 +108,35 @@ class _SelfAttention(nn.Module):
         b, n, _ = t.shape
         return t.view(b, n, self.heads, self.head_dim).transpose(1, 2)  # (B, h, n, hd)
 
-    def forward(self, query: Tensor, key_value: Tensor, allowed: Tensor | None,
-                n_missing: int = 0) -> Tensor:
-        """``allowed``: bool (B, 1, T, T) or None; ``n_missing``: cropped padded keys to add back."""
+    def forward(self, query: Tensor, key_value: Tensor, mask: Tensor | None,
+                virtual_key: bool = False) -> Tensor:
+        """``mask``: additive float mask (B or 1, 1, Tq, Tk [+ 1]) or None.
+
+        ``virtual_key``: append the key ``b_k`` / value ``b_v`` column standing for the
+        cropped padded keys (its logit bias ``log(n)`` is in ``mask``).
+        """
         b, t, _ = query.shape
         q = self._split(self.q_proj(query))
         k = self._split(self.k_proj(key_value))
         v = self._split(self.v_proj(key_value))
-        mask: Tensor | None = allowed
-        if n_missing > 0:
-            # One virtual key standing for the n_missing zero-input padded keys: key b_k, value b_v.
+        if virtual_key:
             bk = self.k_proj.bias.view(1, self.heads, 1, self.head_dim).expand(b, -1, 1, -1)
             bv = self.v_proj.bias.view(1, self.heads, 1, self.head_dim).expand(b, -1, 1, -1)
             k = torch.cat([k, bk.to(k.dtype)], dim=2)
             v = torch.cat([v, bv.to(v.dtype)], dim=2)
-            mask = q.new_zeros((b if allowed is not None else 1, 1, t, t + 1))
-            if allowed is not None:
-                mask[..., :t].masked_fill_(~allowed, float("-inf"))
-            mask[..., t] = math.log(n_missing)
-        out = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0)
+        if mask is not None and mask.dtype != q.dtype:
+            mask = mask.to(q.dtype)
+        if self.training and self.dropout > 0.0 and q.device.type == "cpu":
+            # attention dropout with the cheap CPU mask (see models/dropout.py): the fused
+            # kernel would draw it with bernoulli_, the main cost of a teacher pass
+            scores = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(self.head_dim))
+            if mask is not None:
+                scores = scores + mask
+            attn = fast_dropout(torch.softmax(scores, dim=-1), self.dropout, True)
+            out = attn @ v
+        else:
+            out = F.scaled_dot_product_attention(
+                q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0)
         out = out.transpose(1, 2).reshape(b, t, self.hidden)
         return self.out_proj(out)
 
@@ -137,8 +148,8 @@ class _PointWiseFeedForward(nn.Module):
         super().__init__()
         self.w1 = nn.Linear(hidden, hidden)
         self.w2 = nn.Linear(hidden, hidden)
-        self.drop1 = nn.Dropout(dropout)
-        self.drop2 = nn.Dropout(dropout)
+        self.drop1 = Dropout(dropout)
+        self.drop2 = Dropout(dropout)
         nn.init.xavier_normal_(self.w1.weight)
         nn.init.xavier_normal_(self.w2.weight)
 
@@ -174,21 +185,36 @@ class TransformerBackbone(nn.Module):
         self.ffns = nn.ModuleList(_PointWiseFeedForward(hidden, dropout) for _ in range(layers))
         self.last_norm = nn.LayerNorm(hidden, eps=eps)
 
-    def _allowed(self, padding_mask: Tensor) -> Tensor | None:
-        if not self.causal and not self.mask_padded_keys:
-            return None
+    def _mask(self, padding_mask: Tensor, n_missing: int, dtype: torch.dtype
+              ) -> Tensor | None:
+        """The additive attention mask shared by every layer: (B or 1, 1, T, T [+ 1]).
+
+        0 where a query may attend, -inf where not; with ``n_missing`` cropped padded keys, an
+        extra last column holding ``log(n_missing)`` for the virtual key.
+        """
         b, t = padding_mask.shape
         dev = padding_mask.device
-        allowed = torch.ones(b, 1, t, t, dtype=torch.bool, device=dev)
-        if self.causal:
-            allowed = allowed & torch.ones(t, t, dtype=torch.bool, device=dev).tril()
-        if self.mask_padded_keys:
-            allowed = allowed & padding_mask[:, None, None, :]
-        # Always allow the diagonal: no all-masked row (no NaN) and no change to real outputs.
-        allowed = allowed | torch.eye(t, dtype=torch.bool, device=dev)
-        return allowed
+        if not self.causal and not self.mask_padded_keys and n_missing == 0:
+            return None
+        mask = torch.zeros(b if self.mask_padded_keys else 1, 1, t, t + (n_missing > 0),
+                           dtype=dtype, device=dev)
+        if self.causal or self.mask_padded_keys:
+            allowed = torch.ones(1, 1, t, t, dtype=torch.bool, device=dev)
+            if self.causal:
+                allowed = allowed & torch.ones(t, t, dtype=torch.bool, device=dev).tril()
+            if self.mask_padded_keys:
+                allowed = allowed & padding_mask[:, None, None, :]
+            # Always allow the diagonal: no all-masked row (no NaN), no change to real outputs.
+            allowed = allowed | torch.eye(t, dtype=torch.bool, device=dev)
+            mask[..., :t].masked_fill_(~allowed, float("-inf"))
+        if n_missing > 0:
+            mask[..., t] = math.log(n_missing)
+        return mask
 
-    def forward(self, x: Tensor, padding_mask: Tensor, pad_to: int | None = None) -> Tensor:
+    def forward(self, x: Tensor, padding_mask: Tensor, pad_to: int | None = None,
+                last_only: bool = False) -> Tensor:
+        """(B, T, d) states, or (B, 1, d) with ``last_only`` (the last position's state,
+        computed without the other positions' queries in the last layer: the same value)."""
         _check_inputs(x, padding_mask, self.hidden, "TransformerBackbone")
         t = x.shape[1]
         n_missing = 0
@@ -199,11 +225,19 @@ class TransformerBackbone(nn.Module):
             if not self.mask_padded_keys:
                 n_missing = pad_to - t
         m = padding_mask.unsqueeze(-1).to(x.dtype)
-        allowed = self._allowed(padding_mask)
+        mask = self._mask(padding_mask, n_missing, torch.float32)
         h = x * m
-        for ln_a, attn, ln_f, ffn in zip(self.attn_norms, self.attns, self.ffn_norms, self.ffns):
-            q = ln_a(h)
-            h = q + attn(q, h, allowed, n_missing)
+        last = len(self.attns) - 1
+        for i, (ln_a, attn, ln_f, ffn) in enumerate(zip(self.attn_norms, self.attns,
+                                                         self.ffn_norms, self.ffns)):
+            if last_only and i == last:
+                # only the last query: keys and values still come from every position
+                q = ln_a(h[:, -1:])
+                h = q + attn(q, h, None if mask is None else mask[:, :, -1:], n_missing > 0)
+                m = m[:, -1:]
+            else:
+                q = ln_a(h)
+                h = q + attn(q, h, mask, n_missing > 0)
             h = ln_f(h)
             h = h + ffn(h)
             h = h * m

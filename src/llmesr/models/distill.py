@@ -13,9 +13,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from llmesr.models.chunking import plan_chunks
+
 
 class SelfDistillation(nn.Module):
-    def __init__(self, teachers: int = 10, teacher_dropout: bool = True, chunk: int = 256):
+    def __init__(self, teachers: int = 10, teacher_dropout: bool = True, chunk: int = 2048):
         super().__init__()
         self.teachers = teachers
         self.teacher_dropout = teacher_dropout
@@ -23,23 +25,21 @@ class SelfDistillation(nn.Module):
 
     def _teacher_states(self, model: nn.Module, seq: torch.Tensor, pos: torch.Tensor
                         ) -> torch.Tensor:
-        """Last-position states of the teachers, computed in chunks of similar length.
+        """Last-position states of the teachers, computed in groups of similar length.
 
         A batch holds B * K teacher histories whose lengths vary widely; cropping all of them
         to the longest wastes most of the work. When the model's output does not depend on
-        the amount of left padding (``model.crop_is_exact``), teachers are sorted by length
-        and each chunk is cropped to its own longest history: the same states, far fewer
-        tokens.
+        the amount of left padding (``model.crop_is_exact``), teachers are grouped by length
+        (:func:`~llmesr.models.chunking.plan_chunks`) and each group is cropped to its own
+        longest history: the same states, far fewer tokens.
         """
         if not getattr(model, "crop_is_exact", False):
             return model.user_state(seq, pos)
-        lengths = (seq > 0).sum(dim=1)
-        order = torch.argsort(lengths, stable=True)
+        lengths = (seq > 0).sum(dim=1).cpu().numpy()
         out = torch.empty(len(seq), model.state_dim, device=seq.device)
-        for start in range(0, len(seq), self.chunk):
-            idx = order[start:start + self.chunk]
-            width = max(int(lengths[idx].max()), 1)
-            out[idx] = model.user_state(seq[idx, -width:], pos[idx, -width:]).float()
+        for idx, width in plan_chunks(lengths, max_rows=self.chunk):
+            i = torch.from_numpy(idx).to(seq.device)
+            out[i] = model.user_state(seq[i, -width:], pos[i, -width:]).float()
         return out
 
     def forward(self, model: nn.Module, seq: torch.Tensor, pos: torch.Tensor,

@@ -26,6 +26,7 @@ from llmesr.errors import LlmesrError
 from llmesr.models.backbones import GRUBackbone, TransformerBackbone
 from llmesr.models.config import ModelConfig
 from llmesr.models.cross_attention import CrossAttention
+from llmesr.models.dropout import Dropout
 from llmesr.models.views import IDView, SemanticView
 
 
@@ -53,7 +54,7 @@ class SequentialRecommender(nn.Module):
         if not self.is_gru:
             self.pos_emb = nn.Embedding(cfg.max_len + 100, h)
             nn.init.xavier_normal_(self.pos_emb.weight)
-            self.emb_dropout = nn.Dropout(cfg.dropout)
+            self.emb_dropout = Dropout(cfg.dropout)
         self.encoder = self._backbone()
         self.encoder_se = self._backbone() if (cfg.dual and not cfg.share_encoder) else None
         if cfg.dual and cfg.use_cross_attention:
@@ -91,29 +92,32 @@ class SequentialRecommender(nn.Module):
             return x
         return self.emb_dropout(x * math.sqrt(self.cfg.hidden) + self.pos_emb(pos))
 
-    def _encode(self, encoder: nn.Module, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def _encode(self, encoder: nn.Module, x: torch.Tensor, mask: torch.Tensor,
+                last_only: bool = False) -> torch.Tensor:
         if self.is_gru:
-            return encoder(x, mask)
+            out = encoder(x, mask)
+            return out[:, -1:] if last_only else out
         pad_to = None if self.cfg.mask_padded_keys else self.cfg.max_len
-        return encoder(x, mask, pad_to=pad_to)
+        return encoder(x, mask, pad_to=pad_to, last_only=last_only)
 
-    def encode(self, seq: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
-        """All positions' states (B, T, H)."""
+    def encode(self, seq: torch.Tensor, pos: torch.Tensor, last_only: bool = False
+               ) -> torch.Tensor:
+        """All positions' states (B, T, H), or only the last one's (B, 1, H)."""
         mask = seq > 0
         if self.cfg.dual:
             x_co, x_se = self._inputs(self.co, seq, pos), self._inputs(self.se, seq, pos)
             if self.llm2id is not None:
                 # the query comes from the other view (§9.1.4)
                 x_co, x_se = self.llm2id(x_se, x_co, mask), self.id2llm(x_co, x_se, mask)
-            u_co = self._encode(self.encoder, x_co, mask)
-            u_se = self._encode(self.encoder_se or self.encoder, x_se, mask)
+            u_co = self._encode(self.encoder, x_co, mask, last_only)
+            u_se = self._encode(self.encoder_se or self.encoder, x_se, mask, last_only)
             return torch.cat([u_co, u_se], dim=-1)
         view = self.co if self.co is not None else self.se
-        return self._encode(self.encoder, self._inputs(view, seq, pos), mask)
+        return self._encode(self.encoder, self._inputs(view, seq, pos), mask, last_only)
 
     def user_state(self, seq: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
         """The last position's state (B, H): the user representation."""
-        return self.encode(seq, pos)[:, -1]
+        return self.encode(seq, pos, last_only=True)[:, -1]
 
     def item_embeddings(self, ids: torch.Tensor | None = None) -> torch.Tensor:
         """Candidate embeddings c_i = [e_co; e_se] for ``ids`` (any shape) or all N + 2 rows."""

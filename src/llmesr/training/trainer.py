@@ -31,6 +31,7 @@ from llmesr.errors import LlmesrError
 from llmesr.evaluation.metrics import metrics_from_ranks
 from llmesr.evaluation.protocols import (fixed_rng, full_ranking_ranks, group_metrics,
                                          sampled_ranks)
+from llmesr.models.chunking import plan_chunks
 from llmesr.models.config import ModelConfig, TrainConfig, configs_from_dict, configs_to_dict
 from llmesr.models.distill import SelfDistillation
 from llmesr.models.recommender import SequentialRecommender
@@ -123,7 +124,7 @@ class Trainer:
         teachers = min(mcfg.sd_teachers, nbrs.shape[1]) if self.use_sd else 0
         self.distill = SelfDistillation(teachers, mcfg.teacher_dropout) if self.use_sd else None
         self.view = TrainView.of(self.ds)
-        self.row_chunk = 32      # rows per length group in a training step (see _chunks)
+        self.row_chunk = 512     # at most this many rows per length group (see _chunks)
         self.builder = BatchBuilder(self.view, mcfg.backbone, mcfg.max_len, self.rng,
                                     neighbors=nbrs if self.use_sd else None,
                                     teachers=teachers, mask_prob=mcfg.mask_prob,
@@ -209,18 +210,14 @@ class Trainer:
 
         Cropping every row to the batch's longest history wastes most of the work when
         lengths vary (beauty: mean 9, max 200). When the model ignores left padding
-        (``crop_is_exact``) rows are sorted by length and run in groups, each cropped to its
-        own longest: the same outputs for far fewer tokens.
+        (``crop_is_exact``) rows are grouped by length (``plan_chunks``) and each group is
+        cropped to its own longest: the same outputs for far fewer tokens.
         """
         if not self.model.crop_is_exact:
             return [(torch.arange(len(seq), device=seq.device), seq.shape[1])]
-        lengths = (seq > 0).sum(dim=1)
-        order = torch.argsort(lengths, stable=True)
-        out = []
-        for start in range(0, len(seq), self.row_chunk):
-            idx = order[start:start + self.row_chunk]
-            out.append((idx, max(int(lengths[idx].max()), 1)))
-        return out
+        lengths = (seq > 0).sum(dim=1).cpu().numpy()
+        return [(torch.from_numpy(idx).to(seq.device), w)
+                for idx, w in plan_chunks(lengths, max_rows=self.row_chunk)]
 
     def _step(self, batch: dict[str, np.ndarray]) -> dict[str, float]:
         t = to_tensors(self.device, **{k: v for k, v in batch.items() if k != "rows"})
