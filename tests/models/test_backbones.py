@@ -280,3 +280,36 @@ def test_gru_shape_errors():
         model(x[..., :-1], mask)
     with pytest.raises(LlmesrError):
         model(x, mask[:, 1:])
+
+
+@pytest.mark.parametrize("causal,mask_keys", MODES)
+@pytest.mark.parametrize("pad_to", [None, 40])
+def test_last_only_equals_the_last_position(causal, mask_keys, pad_to):
+    model = trm(causal=causal, mask_padded_keys=mask_keys, heads=2, layers=2)
+    randomize_biases(model)
+    x, mask = left_padded([9, 3, 0, 1], 9)
+    with torch.no_grad():
+        full = model(x, mask, pad_to=pad_to)
+        last = model(x, mask, pad_to=pad_to, last_only=True)
+    assert last.shape == (4, 1, D)
+    assert torch.allclose(last, full[:, -1:], atol=1e-5)
+
+
+@pytest.mark.parametrize("causal,mask_keys", MODES)
+def test_training_attention_path_matches_fused_kernel(causal, mask_keys, monkeypatch):
+    """In training mode attention dropout runs in an explicit path; without the dropout
+    itself it must give exactly what the fused kernel gives."""
+    import llmesr.models.backbones as bb
+    model = trm(causal=causal, mask_padded_keys=mask_keys, heads=2, layers=2, dropout=0.3)
+    randomize_biases(model)
+    x, mask = left_padded([6, 2, 0], 6)
+    with torch.no_grad():
+        ref = model(x, mask, pad_to=30)
+    monkeypatch.setattr(bb, "fast_dropout", lambda t, p, training: t)
+    model.train()
+    for m in model.modules():          # switch off the other dropouts only
+        if isinstance(m, bb.Dropout):
+            m.p = 0.0
+    with torch.no_grad():
+        out = model(x, mask, pad_to=30)
+    assert torch.allclose(out, ref, atol=1e-5)

@@ -133,3 +133,13 @@ def test_chunked_teachers_equal_one_pass(preset):
     sd = SelfDistillation(5, teacher_dropout=False, chunk=2)
     assert torch.allclose(sd._teacher_states(m, tseq, tpos), m.user_state(tseq, tpos),
                           atol=1e-5)
+
+
+@pytest.mark.parametrize("preset", ["default", "paper"])
+@pytest.mark.parametrize("model,backbone", [("llmesr", "sasrec"), ("id", "bert4rec"),
+                                            ("llmesr", "gru4rec"), ("llminit", "sasrec")])
+def test_user_state_is_the_last_encoded_position(preset, model, backbone):
+    m = make(model, backbone, preset).eval()
+    seq, pos = batch([[1, 2, 3], [4, 5, 6, 7, 8, 9], [7]], 7)
+    with torch.no_grad():
+        assert torch.allclose(m.user_state(seq, pos), m.encode(seq, pos)[:, -1], atol=1e-5)
