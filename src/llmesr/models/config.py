@@ -61,8 +61,8 @@ class ModelConfig:
     alpha: float = 0.1
     sd_teachers: int = 10
     #: run the teachers with dropout on (the paper, §9.1.13). Off by default: the teachers
-    #: are targets, and dropout only adds noise to them (and costs 4x: drawing the attention
-    #: dropout masks of B * K sequences dominates their forward pass on CPU).
+    #: are targets, and dropout only adds noise to them (and cost: drawing the attention
+    #: dropout masks of B * K sequences makes their forward pass slower on CPU).
     teacher_dropout: bool = False
     #: item regularisation (SPEC §4.8; off in the paper's scripts)
     item_reg: bool = False

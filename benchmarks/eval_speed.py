@@ -1,0 +1,55 @@
+"""Seconds for one test-split evaluation of all users, full ranking and sampled.
+
+    python benchmarks/eval_speed.py DATA_DIR [--models id llmesr] [--preset default]
+        [--threads N] [--out F]
+
+DATA_DIR is a prepared and embedded dataset. Each model is freshly initialised (the cost of
+evaluation does not depend on the weights) and evaluated on every test user with both
+protocols; the JSON gives the seconds of each and the process's peak RSS.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import emit  # noqa: E402
+
+from llmesr.models.config import build_configs  # noqa: E402
+from llmesr.training.trainer import Trainer  # noqa: E402
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("data")
+    ap.add_argument("--models", nargs="+", default=["id", "llmesr"])
+    ap.add_argument("--preset", default="default")
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--out", default=None)
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    results = []
+    for model in args.models:
+        mcfg, tcfg = build_configs(args.preset, "sasrec", model, {"epochs": "1"})
+        with tempfile.TemporaryDirectory() as run:
+            tr = Trainer(args.data, mcfg, tcfg, run, overwrite=True, progress=False,
+                         log=lambda *a: None)
+            for protocol in ("full", "sampled"):
+                t0 = time.perf_counter()
+                ranks, _ = tr.evaluate("test", protocol)
+                results.append({"model": model, "preset": args.preset, "protocol": protocol,
+                                "users": len(ranks),
+                                "seconds": round(time.perf_counter() - t0, 2)})
+    emit({"benchmark": "eval_speed", "data": args.data, "threads": torch.get_num_threads(),
+          "results": results}, args.out)
+
+
+if __name__ == "__main__":
+    main()
