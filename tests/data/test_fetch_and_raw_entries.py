@@ -61,11 +61,17 @@ def test_movielens_from_grouplens_style_server(http_dir, tmp_path, monkeypatch, 
     assert movielens_100k(tmp_path / "cache", log=lambda *_: None,
                           grouplens_url=f"{base}/ml-100k.zip", use_pip=False)[1] == folder
     # the demo runs on that copy
-    code = main(["demo", "--source", str(folder), "--out", str(tmp_path / "demo")])
+    code = main(["demo", "--source", str(folder), "--out", str(tmp_path / "demo"),
+                 "--epochs", "1"])
     out = capsys.readouterr().out
     assert code == 0 and "users        3" in out
     ds = load_dataset(tmp_path / "demo" / "ml-100k")
     assert ds.item_table["genres"].map(list).iloc[0] == ["Comedy", "Drama"]
+    # it trained both models, printed the group table and saved the plot
+    assert "| SASRec + LLM-ESR | full |" in out and "| SASRec | sampled |" in out
+    assert (tmp_path / "demo" / "groups.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    for run in ("run-id", "run-llmesr"):
+        assert (tmp_path / "demo" / run / "metrics.json").is_file()
 
 
 def test_movielens_all_sources_fail(http_dir, tmp_path, monkeypatch):
