@@ -124,7 +124,7 @@ def test_run_dir_protection_and_cli(beauty_subset, tmp_path, capsys):
 def test_length_grouped_evaluation_equals_one_crop(beauty_subset, tmp_path, monkeypatch,
                                                    preset):
     """Evaluation runs users in length groups; the scores must match one crop per batch."""
-    import llmesr.training.trainer as trainer_mod
+    import llmesr.models.recommender as recommender_mod
     tr = _train(beauty_subset, tmp_path / "run", "llmesr", preset=preset, epochs=1)
     hist = np.maximum(tr.ds.users["length"].to_numpy() - 1, 0)
     rows = torch.from_numpy(tr.test_rows[:300])
@@ -132,7 +132,8 @@ def test_length_grouped_evaluation_equals_one_crop(beauty_subset, tmp_path, monk
     with torch.no_grad():
         grouped = tr._score_fn(hist)(rows, None)
         calls = []
-        monkeypatch.setattr(trainer_mod, "plan_chunks", lambda lengths: calls.append(1) or [
+        monkeypatch.setattr(recommender_mod, "plan_chunks", lambda lengths, max_rows=None:
+                            calls.append(1) or [
             (np.arange(len(lengths)), int(max(np.max(lengths), 1)))])
         single = tr._score_fn(hist)(rows, None)
     assert calls and torch.allclose(grouped, single, atol=1e-4)

@@ -13,8 +13,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from llmesr.models.chunking import plan_chunks
-
 
 class SelfDistillation(nn.Module):
     def __init__(self, teachers: int = 10, teacher_dropout: bool = True, chunk: int = 2048):
@@ -25,22 +23,9 @@ class SelfDistillation(nn.Module):
 
     def _teacher_states(self, model: nn.Module, seq: torch.Tensor, pos: torch.Tensor
                         ) -> torch.Tensor:
-        """Last-position states of the teachers, computed in groups of similar length.
-
-        A batch holds B * K teacher histories whose lengths vary widely; cropping all of them
-        to the longest wastes most of the work. When the model's output does not depend on
-        the amount of left padding (``model.crop_is_exact``), teachers are grouped by length
-        (:func:`~llmesr.models.chunking.plan_chunks`) and each group is cropped to its own
-        longest history: the same states, far fewer tokens.
-        """
-        if not getattr(model, "crop_is_exact", False):
-            return model.user_state(seq, pos)
-        lengths = (seq > 0).sum(dim=1).cpu().numpy()
-        out = torch.empty(len(seq), model.state_dim, device=seq.device)
-        for idx, width in plan_chunks(lengths, max_rows=self.chunk):
-            i = torch.from_numpy(idx).to(seq.device)
-            out[i] = model.user_state(seq[i, -width:], pos[i, -width:]).float()
-        return out
+        """Last-position states of the teachers, run in length groups (B * K histories
+        whose lengths vary widely; see ``SequentialRecommender.user_states_grouped``)."""
+        return model.user_states_grouped(seq, pos, max_rows=self.chunk)
 
     def forward(self, model: nn.Module, seq: torch.Tensor, pos: torch.Tensor,
                 teacher_seq: torch.Tensor, teacher_pos: torch.Tensor,

@@ -24,6 +24,7 @@ from torch import nn
 
 from llmesr.errors import LlmesrError
 from llmesr.models.backbones import GRUBackbone, TransformerBackbone
+from llmesr.models.chunking import plan_chunks
 from llmesr.models.config import ModelConfig
 from llmesr.models.cross_attention import CrossAttention
 from llmesr.models.dropout import Dropout
@@ -118,6 +119,22 @@ class SequentialRecommender(nn.Module):
     def user_state(self, seq: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
         """The last position's state (B, H): the user representation."""
         return self.encode(seq, pos, last_only=True)[:, -1]
+
+    def user_states_grouped(self, seq: torch.Tensor, pos: torch.Tensor,
+                            max_rows: int | None = None) -> torch.Tensor:
+        """``user_state`` (B, H, float32) of rows of very different lengths, in length groups.
+
+        When the output does not depend on the amount of left padding (``crop_is_exact``),
+        rows are grouped by length (:func:`~llmesr.models.chunking.plan_chunks`) and each
+        group is cropped to its own longest history: the same states, far fewer tokens.
+        """
+        if not self.crop_is_exact:
+            return self.user_state(seq, pos).float()
+        out = torch.empty(len(seq), self.state_dim, device=seq.device)
+        for idx, width in plan_chunks((seq > 0).sum(dim=1).cpu().numpy(), max_rows=max_rows):
+            i = torch.from_numpy(idx).to(seq.device)
+            out[i] = self.user_state(seq[i, -width:], pos[i, -width:]).float()
+        return out
 
     def item_embeddings(self, ids: torch.Tensor | None = None) -> torch.Tensor:
         """Candidate embeddings c_i = [e_co; e_se] for ``ids`` (any shape) or all N + 2 rows."""

@@ -154,17 +154,9 @@ class Trainer:
             r = rows.numpy()
             seq, pos = eval_inputs(self.view.items, self.starts[r], hist_len[r], cfg.max_len,
                                    cfg.backbone, self.ds.num_items + 1)
+            t = to_tensors(device, seq=seq, pos=pos)
             with self._autocast():
-                if model.crop_is_exact:
-                    # rows grouped by length, each group cropped to its own longest history
-                    u = torch.empty(len(seq), model.state_dim, device=device)
-                    for idx, w in plan_chunks((seq > 0).sum(axis=1)):
-                        t = to_tensors(device, seq=seq[idx, -w:], pos=pos[idx, -w:])
-                        u[torch.from_numpy(idx).to(device)] = model.user_state(
-                            t["seq"], t["pos"]).float()
-                else:
-                    t = to_tensors(device, seq=seq, pos=pos)
-                    u = model.user_state(t["seq"], t["pos"]).float()
+                u = model.user_states_grouped(t["seq"], t["pos"])
                 u = u.to(table.dtype)
                 if candidates is None:
                     out = u @ table.T
