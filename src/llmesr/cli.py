@@ -184,6 +184,72 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--overwrite", action="store_true", help="start the run directory again")
     tr.add_argument("--quiet", action="store_true")
 
+    ev = sub.add_parser(
+        "evaluate", help="recompute a run's test metrics and per-user ranks",
+        description="Load a run's best weights and evaluate its test split (and validation) "
+                    "again: metrics by long-tail group in RUN_DIR/metrics.json and per-user "
+                    "ranks in RUN_DIR/ranks_test_<protocol>.npy. Entries of protocols not "
+                    "asked for are kept.",
+        epilog="examples:\n  llmesr evaluate runs/llmesr-sasrec\n"
+               "  llmesr evaluate runs/llmesr-sasrec --protocol full --exclude-seen\n"
+               "  llmesr evaluate runs/llmesr-sasrec --data /new/place/of/beauty",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    ev.add_argument("run", help="run directory written by 'llmesr train'")
+    ev.add_argument("--protocol", default="both", choices=("full", "sampled", "both"),
+                    help="full (all items), sampled (100 negatives) or both (default)")
+    ev.add_argument("--data", help="the run's dataset directory, if it moved")
+    ev.add_argument("--exclude-seen", action=argparse.BooleanOptionalAction, default=None,
+                    help="full ranking leaves out the history's items (default: as trained)")
+    ev.add_argument("--device", help="auto | cpu | cuda (default: the run's setting)")
+    ev.add_argument("--json", action="store_true", help="print metrics.json")
+
+    rp = sub.add_parser(
+        "report", help="tables, significance tests and plots from finished runs",
+        description="Group runs into models (same settings, several seeds) and write "
+                    "OUT/report.md and report.csv in the layout of the paper's main table "
+                    "(H@10 and N@10 overall, tail/head item, tail/head user; mean ± std over "
+                    "seeds), paired t-tests and Wilcoxon tests on per-user metrics against "
+                    "--baseline (Holm-corrected), the five-bucket breakdowns by history "
+                    "length and item popularity, and plots: groups.png, buckets.png, tsne.png.",
+        epilog="examples:\n  llmesr report grid/runs --out grid/report\n"
+               "  llmesr report runs/id-* runs/llmesr-* --baseline id --out report",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    rp.add_argument("runs", nargs="+", help="run directories, or folders of run directories")
+    rp.add_argument("--baseline", default="id",
+                    help="model (or label) the others are tested against (default id; "
+                         "'none' for no tests)")
+    rp.add_argument("--out", default="report", help="output folder (default report)")
+    rp.add_argument("--data", help="the runs' dataset directory, if it moved")
+    rp.add_argument("--no-tsne", action="store_true", help="skip the t-SNE plot")
+    rp.add_argument("--tsne-items", type=int, default=3000,
+                    help="items in the t-SNE map (a random sample; default 3000)")
+
+    rpr = sub.add_parser(
+        "reproduce", help="train a models x backbones x seeds grid, then report it",
+        description="Train {id, llminit, llmesr} x {sasrec, bert4rec, gru4rec} x seeds on a "
+                    "prepared and embedded dataset into OUT/runs/, then write OUT/report/ "
+                    "(see 'llmesr report'). Run it again to continue: finished runs are kept, "
+                    "interrupted ones resume.",
+        epilog="examples:\n  llmesr reproduce data/beauty --seeds 42 43 44 --out grid\n"
+               "  llmesr reproduce data/beauty --backbones sasrec --epochs 50 --set patience=5 "
+               "--jobs 2 --out grid",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    rpr.add_argument("dir", help="dataset directory (with DATA_DIR/semantic/)")
+    rpr.add_argument("--seeds", type=int, nargs="+", default=[42, 43, 44])
+    rpr.add_argument("--models", nargs="+", default=["id", "llminit", "llmesr"])
+    rpr.add_argument("--backbones", nargs="+", default=["sasrec", "bert4rec", "gru4rec"])
+    rpr.add_argument("--preset", default="default", help="default | paper")
+    rpr.add_argument("--epochs", type=int, help="maximum epochs per run (default 200)")
+    rpr.add_argument("--set", action="append", type=_kv, default=[], metavar="KEY=VALUE",
+                     help="a setting for every run (repeatable), e.g. patience=5")
+    rpr.add_argument("--embeddings", help="folder under DATA_DIR/semantic/ (default: the first)")
+    rpr.add_argument("--jobs", type=int, default=1,
+                     help="runs at a time, each with cores/jobs threads (default 1)")
+    rpr.add_argument("--baseline", default="id", help="the report's baseline model")
+    rpr.add_argument("--no-tsne", action="store_true", help="skip the t-SNE plot")
+    rpr.add_argument("--out", required=True, help="output folder")
+    rpr.add_argument("--quiet", action="store_true")
+
     ds = sub.add_parser("datasets", help="list the named datasets and the input formats")
     ds.add_argument("--json", action="store_true")
 
@@ -371,6 +437,41 @@ def format_metrics(m: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from llmesr.training.trainer import evaluate_run
+
+    protocols = ("full", "sampled") if args.protocol == "both" else (args.protocol,)
+    metrics = evaluate_run(args.run, protocols, data_dir=args.data, device=args.device,
+                           exclude_seen=args.exclude_seen)
+    print(json.dumps(metrics, indent=2) if args.json else format_metrics(metrics))
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from llmesr.evaluation.report import write_report
+
+    baseline = None if args.baseline.lower() == "none" else args.baseline
+    write_report(args.runs, args.out, baseline=baseline, data_dir=args.data,
+                 tsne=not args.no_tsne, tsne_items=args.tsne_items)
+    print((Path(args.out) / "report.md").read_text())
+    print(f"written: {args.out}/report.md, report.csv, report.json, groups.png, buckets.png"
+          + ("" if args.no_tsne else ", tsne.png"))
+    return 0
+
+
+def cmd_reproduce(args: argparse.Namespace) -> int:
+    from llmesr.training.grid import reproduce
+
+    baseline = None if args.baseline.lower() == "none" else args.baseline
+    reproduce(args.dir, args.out, seeds=args.seeds, models=args.models,
+              backbones=args.backbones, preset=args.preset, epochs=args.epochs,
+              overrides=dict(args.set), embeddings=args.embeddings, jobs=args.jobs,
+              baseline=baseline, tsne=not args.no_tsne, progress=not args.quiet,
+              log=(lambda *a, **k: None) if args.quiet else print)
+    print((Path(args.out) / "report" / "report.md").read_text())
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from llmesr.data.artifact import load_dataset
     from llmesr.data.fetch import movielens_100k
@@ -446,6 +547,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     handlers = {"prepare": cmd_prepare, "info": cmd_info, "datasets": cmd_datasets,
                 "embed": cmd_embed, "import-authors": cmd_import_authors, "train": cmd_train,
+                "evaluate": cmd_evaluate, "report": cmd_report, "reproduce": cmd_reproduce,
                 "demo": cmd_demo}
     try:
         return handlers[args.command](args)

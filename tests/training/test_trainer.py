@@ -11,38 +11,12 @@ import pytest
 import torch
 
 from llmesr.cli import main
-from llmesr.data.pipeline import prepare
 from llmesr.errors import LlmesrError
 from llmesr.models.config import build_configs
-from llmesr.semantic.encoders import HashingEncoder
-from llmesr.semantic.pipeline import embed
 from llmesr.training.trainer import Trainer, load_run
 
 pytestmark = pytest.mark.shared_data
-USERS = 600
-
-
-@pytest.fixture(scope="module")
-def beauty_subset(shared_data, tmp_path_factory):
-    """The first 600 users of beauty-s3rec with their real texts, embedded by hashing."""
-    src = shared_data / "beauty-s3rec"
-    tmp = tmp_path_factory.mktemp("beauty")
-    seqs = (src / "Beauty.txt").read_text().splitlines()[:USERS]
-    raw = (src / "user_sequence_raw_asin.txt").read_text().splitlines()[:USERS]
-    asins = {a for line in raw for a in line.split()[1:]}
-    text = [ln for ln in (src / "item_short_text.txt").read_text().splitlines()
-            if ln.split(" ", 1)[0] in asins]
-    (tmp / "S.txt").write_text("\n".join(seqs) + "\n")
-    (tmp / "raw.txt").write_text("\n".join(raw) + "\n")
-    (tmp / "text.txt").write_text("\n".join(text) + "\n")
-    data = tmp / "ds"
-    prepare("s3rec", data, source=tmp / "S.txt", items=tmp / "text.txt",
-            reader_options={"raw_sequences": str(tmp / "raw.txt"), "text_field": "title"},
-            settings={"kcore_user": 0, "kcore_item": 0, "min_history": 0, "order": "file"},
-            log=lambda *a: None)
-    embed(data, encoder=HashingEncoder(dim=128), pca_dim=64, neighbors=20, progress=False,
-          log=lambda *a: None)
-    return data
+USERS = 600   # the beauty_subset fixture (conftest.py)
 
 
 def _train(data, out, model="llmesr", backbone="sasrec", preset="default", **over):

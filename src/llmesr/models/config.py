@@ -109,6 +109,10 @@ class TrainConfig:
     #: ties between the target and a candidate: pessimistic (counted against the target) |
     #: optimistic
     ties: str = "pessimistic"
+    #: full ranking leaves out the items of the user's input history (the target stays a
+    #: candidate even when it was seen before). Off by default and in the paper: a repeat
+    #: purchase is a legitimate recommendation.
+    exclude_seen: bool = False
     eval_batch_size: int = 1024
     #: auto | cpu | cuda
     device: str = "auto"

@@ -40,6 +40,29 @@ from llmesr.training.checkpoint import (load_training_state, load_weights, save_
                                         save_weights)
 
 
+def _save_npy(path: Path, array: np.ndarray) -> None:
+    """np.save through a temporary file, so a crash never leaves a truncated .npy."""
+    tmp = path.with_name(f".{path.name}.tmp.npy")
+    np.save(tmp, array)
+    tmp.replace(path)
+
+
+def same_settings(run_dir: Path, mcfg: ModelConfig, tcfg: TrainConfig) -> bool:
+    """Whether ``run_dir`` was started with these settings (the epoch budget aside: more
+    epochs may be asked for on resume). Settings added to llmesr after the run was started
+    count with their defaults."""
+    try:
+        saved = json.loads((run_dir / "config.json").read_text())["configs"]
+        saved = configs_to_dict(*configs_from_dict(saved))
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+    now = configs_to_dict(mcfg, tcfg)
+    saved, now = json.loads(json.dumps(saved)), json.loads(json.dumps(now))
+    for d in (saved, now):
+        d["train"].pop("epochs", None)
+    return saved == now
+
+
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -82,19 +105,16 @@ def load_semantic(folder: Path | None, needs: bool) -> tuple[np.ndarray | None,
 class Trainer:
     def __init__(self, data_dir: str | Path, mcfg: ModelConfig, tcfg: TrainConfig,
                  run_dir: str | Path, *, embeddings: str | None = None, resume: bool = False,
-                 overwrite: bool = False, progress: bool = True, log=print):
+                 overwrite: bool = False, progress: bool = True, log=print,
+                 evaluate_only: bool = False):
         self.data_dir = Path(data_dir)
         self.run_dir = Path(run_dir)
         self.mcfg, self.tcfg = mcfg, tcfg
         self.progress, self.log = progress, log
         ckpt = self.run_dir / "checkpoint"
-        if self.run_dir.exists() and any(self.run_dir.iterdir()):
+        if self.run_dir.exists() and any(self.run_dir.iterdir()) and not evaluate_only:
             if resume and (ckpt / "state.json").is_file():
-                saved = json.loads((self.run_dir / "config.json").read_text())["configs"]
-                now = json.loads(json.dumps(configs_to_dict(mcfg, tcfg)))
-                for d in (saved, now):       # more epochs may be asked for on resume
-                    d["train"].pop("epochs", None)
-                if saved != now:
+                if not same_settings(self.run_dir, mcfg, tcfg):
                     raise LlmesrError(f"{self.run_dir} was started with other settings; resume "
                                       "with the same settings or use a new --out")
             elif not overwrite:
@@ -184,8 +204,11 @@ class Trainer:
         with torch.no_grad():
             fn = self._score_fn(hist)
             if protocol == "full":
+                # the input history's items, when they are not candidates (exclude_seen)
+                seen = [self.view.items[self.starts[r]:self.starts[r] + hist[r]]
+                        for r in rows] if self.tcfg.exclude_seen else None
                 ranks = full_ranking_ranks(fn, rows, targets, self.ds.num_items,
-                                           batch_size=self.tcfg.eval_batch_size,
+                                           batch_size=self.tcfg.eval_batch_size, exclude=seen,
                                            ties=self.tcfg.ties, progress=False)
             else:
                 # negatives avoid the user's evaluation sequence (history + target), SPEC §6
@@ -315,22 +338,28 @@ class Trainer:
             writer.close()
         return self.finish(state)
 
-    def finish(self, state: dict[str, Any]) -> dict[str, Any]:
-        """Reload the best weights and evaluate the test split."""
+    def finish(self, state: dict[str, Any], protocols: tuple[str, ...] | None = None
+               ) -> dict[str, Any]:
+        """Reload the best weights and evaluate the test split (under ``protocols``, default
+        the config's ``test_protocols``), and the validation split."""
         if (self.run_dir / "model.safetensors").is_file():
             load_weights(self.model, self.run_dir / "model.safetensors")
         metrics: dict[str, Any] = {"test": {}, "valid": {}}
-        for protocol in self.tcfg.test_protocols:
+        for protocol in protocols or self.tcfg.test_protocols:
             ranks, rows = self.evaluate("test", protocol, epoch=state["best_epoch"])
             metrics["test"][protocol] = self.grouped(ranks, rows, self.test_targets)
-            np.save(self.run_dir / f"ranks_test_{protocol}.npy", ranks)
+            _save_npy(self.run_dir / f"ranks_test_{protocol}.npy", ranks)
         vranks, vrows = self.evaluate("valid", self.tcfg.valid_protocol, state["best_epoch"])
         metrics["valid"][self.tcfg.valid_protocol] = self.grouped(vranks, vrows,
                                                                   self.valid_targets)
         metrics.update(best_epoch=state["best_epoch"], epochs=state["epoch"],
                        train_seconds=round(state["train_seconds"], 2),
-                       stopped_early=state["bad_epochs"] >= self.tcfg.patience)
-        np.save(self.run_dir / "ranks_test_users.npy", self.test_rows + 1)
+                       stopped_early=state["bad_epochs"] >= self.tcfg.patience,
+                       evaluation={"ties": self.tcfg.ties, "exclude_seen": self.tcfg.exclude_seen,
+                                   "sampled_negatives": 100,
+                                   "negatives": "redrawn" if self.tcfg.resample_negatives
+                                   else "fixed per seed"})
+        _save_npy(self.run_dir / "ranks_test_users.npy", self.test_rows + 1)
         write_json_atomic(self.run_dir / "metrics.json", metrics)
         return metrics
 
@@ -384,3 +413,61 @@ def load_run(run_dir: str | Path, device: str = "cpu") -> tuple[SequentialRecomm
     model = SequentialRecommender(mcfg, n, llm, pca)
     load_weights(model, run_dir / "model.safetensors")
     return model.to(resolve_device(device)).eval(), cfg
+
+
+def evaluate_run(run_dir: str | Path, protocols: tuple[str, ...] | None = None, *,
+                 data_dir: str | Path | None = None, device: str | None = None,
+                 exclude_seen: bool | None = None, log=print) -> dict[str, Any]:
+    """Recompute a run's test (and validation) metrics and per-user ranks from its best weights.
+
+    ``protocols`` (default: the run's ``test_protocols``) are evaluated again; the metrics.json
+    entries of other protocols are kept. ``data_dir`` replaces the dataset path recorded in
+    config.json (a moved dataset); it must be the same dataset (manifest checksum).
+    """
+    run_dir = Path(run_dir)
+    try:
+        cfg = json.loads((run_dir / "config.json").read_text())
+        mcfg, tcfg = configs_from_dict(cfg["configs"])
+    except FileNotFoundError:
+        raise LlmesrError(f"{run_dir} is not a run directory (no config.json)") from None
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise LlmesrError(f"cannot read {run_dir / 'config.json'} ({e})") from None
+    if not (run_dir / "model.safetensors").is_file():
+        raise LlmesrError(f"{run_dir} has no trained weights (model.safetensors); train it first")
+    for p in protocols or ():
+        if p not in ("full", "sampled"):
+            raise LlmesrError(f"unknown protocol {p!r}; use full or sampled")
+    data = Path(data_dir) if data_dir else Path(cfg["dataset"]["path"])
+    if not (data / "manifest.json").is_file():
+        raise LlmesrError(f"the run's dataset is not at {data}; pass --data DIR")
+    if sha256_file(data / "manifest.json") != cfg["dataset"].get("manifest_sha256"):
+        raise LlmesrError(f"the dataset at {data} is not the one {run_dir} was trained on "
+                          "(manifest checksum differs)")
+    emb = cfg.get("embeddings")
+    embeddings = None
+    if emb:
+        embeddings = emb["path"] if Path(emb["path"]).is_dir() else \
+            str(data / "semantic" / Path(emb["path"]).name)
+    if device:
+        tcfg.device = device
+    if exclude_seen is not None:
+        tcfg.exclude_seen = exclude_seen
+    old: dict[str, Any] = {}
+    if (run_dir / "metrics.json").is_file():
+        old = json.loads((run_dir / "metrics.json").read_text())
+        state = {"best_epoch": old.get("best_epoch", 0), "epoch": old.get("epochs", 0),
+                 "train_seconds": old.get("train_seconds", 0.0),
+                 "bad_epochs": tcfg.patience if old.get("stopped_early") else 0}
+    elif (run_dir / "checkpoint" / "state.json").is_file():   # an interrupted run
+        saved = json.loads((run_dir / "checkpoint" / "state.json").read_text())
+        state = {k: saved[k] for k in ("best_epoch", "epoch", "train_seconds", "bad_epochs")}
+    else:
+        state = {"best_epoch": 0, "epoch": 0, "train_seconds": 0.0, "bad_epochs": 0}
+    trainer = Trainer(data, mcfg, tcfg, run_dir, embeddings=embeddings, progress=False,
+                      log=log, evaluate_only=True)
+    metrics = trainer.finish(state, protocols)
+    kept = {p: r for p, r in old.get("test", {}).items() if p not in metrics["test"]}
+    if kept:
+        metrics["test"] = {**kept, **metrics["test"]}
+        write_json_atomic(run_dir / "metrics.json", metrics)
+    return metrics

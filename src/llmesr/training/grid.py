@@ -1,0 +1,163 @@
+"""``llmesr reproduce``: a models × backbones × seeds grid of training runs, then the report.
+
+Layout::
+
+    OUT/
+      grid.json               the grid's settings (written first)
+      runs/<backbone>-<model>-seed<seed>/    one run directory each (see trainer.py)
+      runs/<...>.log          the run's output when runs go in parallel (--jobs > 1)
+      report/                 report.md, report.csv, report.json, groups.png, buckets.png,
+                              tsne.png (see llmesr.evaluation.report)
+
+Running the command again continues the grid: finished runs (metrics.json present, same
+settings) are kept, interrupted ones resume from their last epoch, the rest start.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from llmesr.data.io import write_json_atomic
+from llmesr.errors import LlmesrError
+from llmesr.models.config import BACKBONES, MODELS, build_configs
+
+# Rough relative cost of one run, to start the long ones first when runs go in parallel.
+_COST = {"id": 1, "llminit": 1, "llmesr": 6}
+
+
+@dataclass
+class GridRun:
+    backbone: str
+    model: str
+    seed: int
+    path: Path
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+
+def plan_grid(out: Path, models: list[str], backbones: list[str], seeds: list[int]
+              ) -> list[GridRun]:
+    for m in models:
+        if m not in MODELS:
+            raise LlmesrError(f"unknown model {m!r}; models: {', '.join(MODELS)}")
+    for b in backbones:
+        if b not in BACKBONES:
+            raise LlmesrError(f"unknown backbone {b!r}; backbones: {', '.join(BACKBONES)}")
+    if not models or not backbones or not seeds:
+        raise LlmesrError("the grid is empty: give at least one model, backbone and seed")
+    if len(set(seeds)) != len(seeds):
+        raise LlmesrError("a seed is listed twice")
+    return [GridRun(b, m, s, out / "runs" / f"{b}-{m}-seed{s}")
+            for b in backbones for m in models for s in seeds]
+
+
+def _status(run: GridRun, preset: str, overrides: dict[str, str]) -> str:
+    """done | resume | new for a planned run (raises if the folder holds another run)."""
+    from llmesr.training.trainer import same_settings
+
+    mcfg, tcfg = build_configs(preset, run.backbone, run.model, overrides)
+    if not run.path.exists() or not any(run.path.iterdir()):
+        return "new"
+    if not (run.path / "config.json").is_file():
+        return "new"        # died before writing anything useful
+    if not same_settings(run.path, mcfg, tcfg):
+        raise LlmesrError(f"{run.path} holds a run with other settings; use another --out or "
+                          "remove it")
+    if (run.path / "metrics.json").is_file():
+        return "done"
+    return "resume" if (run.path / "checkpoint" / "state.json").is_file() else "new"
+
+
+def _train_args(data_dir: Path, run: GridRun, preset: str, overrides: dict[str, str],
+                status: str, embeddings: str | None) -> list[str]:
+    args = [str(data_dir), "--model", run.model, "--backbone", run.backbone, "--preset", preset,
+            "--out", str(run.path)]
+    for k, v in overrides.items():
+        args += ["--set", f"{k}={v}"]
+    if embeddings:
+        args += ["--embeddings", embeddings]
+    args.append("--resume" if status == "resume" else "--overwrite")
+    return args
+
+
+def reproduce(data_dir: str | Path, out: str | Path, *, seeds: list[int],
+              models: list[str] | None = None, backbones: list[str] | None = None,
+              preset: str = "default", epochs: int | None = None,
+              overrides: dict[str, str] | None = None, embeddings: str | None = None,
+              jobs: int = 1, baseline: str | None = "id", tsne: bool = True,
+              tsne_items: int = 3000, progress: bool = True, log=print) -> dict[str, Any]:
+    """Train every (backbone, model, seed) not finished yet, then write OUT/report/."""
+    from llmesr.evaluation.report import write_report
+
+    data_dir, out = Path(data_dir), Path(out)
+    if not (data_dir / "manifest.json").is_file():
+        raise LlmesrError(f"{data_dir} is not a dataset directory; run 'llmesr prepare' first")
+    models = list(models or MODELS)
+    backbones = list(backbones or BACKBONES)
+    overrides = dict(overrides or {})
+    if epochs is not None:
+        overrides["epochs"] = str(epochs)
+    if jobs < 1:
+        raise LlmesrError("--jobs must be at least 1")
+    grid = plan_grid(out, models, backbones, seeds)
+    statuses = {}
+    for run in grid:
+        statuses[run.name] = _status(run, preset, {**overrides, "seed": str(run.seed)})
+        # validates every setting before anything starts
+    out.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(out / "grid.json", {
+        "kind": "llmesr-grid", "data_dir": str(data_dir.resolve()), "preset": preset,
+        "models": models, "backbones": backbones, "seeds": seeds, "overrides": overrides,
+        "embeddings": embeddings})
+    todo = [r for r in grid if statuses[r.name] != "done"]
+    log(f"grid: {len(grid)} runs, {len(grid) - len(todo)} already finished, {len(todo)} to "
+        f"train ({jobs} at a time)")
+    failed: list[str] = []
+    t0 = time.perf_counter()
+    if jobs == 1:
+        from llmesr.training.trainer import Trainer
+
+        for i, run in enumerate(todo, 1):
+            log(f"[{i}/{len(todo)}] {run.name} ({statuses[run.name]})")
+            mcfg, tcfg = build_configs(preset, run.backbone, run.model,
+                                       {**overrides, "seed": str(run.seed)})
+            Trainer(data_dir, mcfg, tcfg, run.path, embeddings=embeddings,
+                    resume=statuses[run.name] == "resume", overwrite=True, progress=progress,
+                    log=log).fit()
+    else:
+        threads = max(1, (os.cpu_count() or 1) // jobs)
+        env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+        todo.sort(key=lambda r: -_COST.get(r.model, 1))
+
+        def work(run: GridRun) -> None:
+            args = _train_args(data_dir, run, preset, {**overrides, "seed": str(run.seed)},
+                               statuses[run.name], embeddings)
+            logfile = run.path.parent / f"{run.name}.log"
+            logfile.parent.mkdir(parents=True, exist_ok=True)
+            log(f"start {run.name} ({statuses[run.name]}; output in {logfile})")
+            with open(logfile, "a") as f:
+                rc = subprocess.run([sys.executable, "-m", "llmesr.cli", "train", *args,
+                                     "--quiet"], stdout=f, stderr=subprocess.STDOUT,
+                                    env=env).returncode
+            if rc != 0:
+                failed.append(f"{run.name} (exit {rc}; see {logfile})")
+            log(f"{'FAILED' if rc else 'finished'} {run.name} "
+                f"({(time.perf_counter() - t0) / 60:.1f} min into the grid)")
+
+        with ThreadPoolExecutor(max_workers=jobs) as pool:
+            list(pool.map(work, todo))
+    if failed:
+        raise LlmesrError(f"{len(failed)} run(s) failed: {'; '.join(failed)}. The finished runs "
+                          "are kept; run the same command again to retry")
+    log(f"training done in {(time.perf_counter() - t0) / 60:.1f} min; writing the report")
+    return write_report([r.path for r in grid], out / "report", baseline=baseline, tsne=tsne,
+                        tsne_items=tsne_items, log=log)
