@@ -1,0 +1,171 @@
+"""The benchmark suite: training, evaluation and embedding speed, memory and FLOP/s in one run.
+
+    python benchmarks/suite.py DATA_DIR [--models id llminit llmesr]
+        [--backbones sasrec bert4rec gru4rec] [--presets paper default] [--steps 10]
+        [--embed-texts 2000] [--device auto] [--threads N] [--out suite.json]
+
+DATA_DIR is a prepared and embedded dataset (``llmesr prepare`` + ``llmesr embed``), e.g.
+beauty-s3rec. The JSON (stdout, and ``--out``) holds, all measured in this one process:
+
+- ``peak_matmul``: the machine's dense matmul rate (fp32 on CPU, bf16 on CUDA), the best of
+  several timed 2048 x 2048 products: the hardware reference for the FLOP/s below;
+- ``train``: per preset x backbone x model, seconds per training step (mean and median of
+  ``--steps`` timed steps after 2 warm-ups, real batches of the first epoch) and per epoch
+  (steps per epoch x mean), the FLOPs of one step (forward + backward, counted by
+  ``torch.utils.flop_counter``: matmuls, attention and convolutions; element-wise work is not
+  counted) and the achieved FLOP/s as a share of ``peak_matmul``;
+- ``eval``: seconds for one test-split evaluation of all users, full ranking and sampled;
+- ``embed``: item texts per second through the bundled all-MiniLM-L6-v2 encoder;
+- ``peak_rss_mib`` of the process (and ``cuda_peak_mib`` on CUDA).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import emit  # noqa: E402
+
+from llmesr.models.config import build_configs  # noqa: E402
+from llmesr.training.trainer import Trainer, resolve_device  # noqa: E402
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def peak_matmul(device: torch.device, n: int = 2048, repeats: int = 10) -> dict:
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    for _ in range(3):
+        a @ b
+    _sync(device)
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        a @ b
+        _sync(device)
+        best = min(best, time.perf_counter() - t0)
+    return {"n": n, "dtype": str(dtype).replace("torch.", ""), "seconds": round(best, 5),
+            "flops_per_second": 2 * n ** 3 / best}
+
+
+def step_flops(tr: Trainer, batch: dict) -> int:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    with counter:
+        tr._step(batch)
+    return int(counter.get_total_flops())
+
+
+def train_speed(data: str, preset: str, backbone: str, model: str, steps: int,
+                peak: float, device: str) -> dict:
+    mcfg, tcfg = build_configs(preset, backbone, model, {"epochs": "1", "device": device})
+    with tempfile.TemporaryDirectory() as run:
+        tr = Trainer(data, mcfg, tcfg, run, overwrite=True, progress=False,
+                     log=lambda *a: None)
+        samples = tr.builder.epoch_samples()
+        bs = tcfg.batch_size
+        per_epoch = -(-len(samples) // bs)
+        batches = [tr.builder.train_batch(samples[i * bs:(i + 1) * bs])
+                   for i in range(min(steps + 3, per_epoch))]
+        tr.model.train()
+        for b in batches[:2]:
+            tr._step(b)
+        flops = step_flops(tr, batches[2])
+        times = []
+        for b in batches[3:]:
+            _sync(tr.device)
+            t0 = time.perf_counter()
+            tr._step(b)
+            _sync(tr.device)
+            times.append(time.perf_counter() - t0)
+    mean = statistics.fmean(times)
+    return {"preset": preset, "backbone": backbone, "model": model, "steps_timed": len(times),
+            "step_seconds_mean": round(mean, 4),
+            "step_seconds_median": round(statistics.median(times), 4),
+            "steps_per_epoch": per_epoch, "epoch_seconds": round(mean * per_epoch, 1),
+            "step_gflops": round(flops / 1e9, 2),
+            "achieved_gflops_per_second": round(flops / mean / 1e9, 2),
+            "share_of_peak_matmul": round(flops / mean / peak, 4)}
+
+
+def eval_speed(data: str, model: str, device: str) -> list[dict]:
+    mcfg, tcfg = build_configs("default", "sasrec", model, {"epochs": "1", "device": device})
+    out = []
+    with tempfile.TemporaryDirectory() as run:
+        tr = Trainer(data, mcfg, tcfg, run, overwrite=True, progress=False,
+                     log=lambda *a: None)
+        for protocol in ("full", "sampled"):
+            _sync(tr.device)
+            t0 = time.perf_counter()
+            ranks, _ = tr.evaluate("test", protocol)
+            _sync(tr.device)
+            out.append({"model": model, "protocol": protocol, "users": len(ranks),
+                        "seconds": round(time.perf_counter() - t0, 2)})
+    return out
+
+
+def embed_speed(data: str, n: int, device: torch.device) -> dict:
+    from llmesr.data.artifact import load_dataset
+    from llmesr.semantic.encoders import make_encoder
+
+    items = load_dataset(data).item_table
+    col = "title" if "title" in items.columns else items.columns[-1]
+    texts = items[col].astype(str).tolist()[:n]
+    enc = make_encoder(None, device=device.type)
+    enc.encode(texts[:32])                     # load and warm up
+    t0 = time.perf_counter()
+    enc.encode(texts)
+    seconds = time.perf_counter() - t0
+    return {"encoder": "all-MiniLM-L6-v2 (bundled)", "texts": len(texts),
+            "mean_chars": round(sum(map(len, texts)) / max(len(texts), 1), 1),
+            "seconds": round(seconds, 2), "texts_per_second": round(len(texts) / seconds, 1)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("data")
+    ap.add_argument("--models", nargs="+", default=["id", "llminit", "llmesr"])
+    ap.add_argument("--backbones", nargs="+", default=["sasrec", "bert4rec", "gru4rec"])
+    ap.add_argument("--presets", nargs="+", default=["paper", "default"])
+    ap.add_argument("--steps", type=int, default=10)
+    ap.add_argument("--eval-models", nargs="+", default=["id", "llmesr"])
+    ap.add_argument("--embed-texts", type=int, default=2000, help="0 = skip")
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--out", default=None)
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = resolve_device(args.device)
+    peak = peak_matmul(device)
+    result = {"benchmark": "suite", "data": args.data, "device": str(device),
+              "threads": torch.get_num_threads(), "torch": torch.__version__,
+              "peak_matmul": {**peak, "gflops_per_second": round(peak["flops_per_second"] / 1e9,
+                                                                 1)},
+              "train": [train_speed(args.data, p, b, m, args.steps, peak["flops_per_second"],
+                                    args.device)
+                        for p in args.presets for b in args.backbones for m in args.models],
+              "eval": [r for m in args.eval_models for r in eval_speed(args.data, m,
+                                                                        args.device)]}
+    if args.embed_texts:
+        result["embed"] = embed_speed(args.data, args.embed_texts, device)
+    if device.type == "cuda":
+        result["cuda_peak_mib"] = round(torch.cuda.max_memory_allocated(device) / 2 ** 20, 1)
+        result["gpu"] = torch.cuda.get_device_name(device)
+    emit(result, args.out)
+
+
+if __name__ == "__main__":
+    main()
