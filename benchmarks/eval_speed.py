@@ -12,17 +12,13 @@ from __future__ import annotations
 
 import argparse
 import sys
-import tempfile
-import time
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import emit  # noqa: E402
-
-from llmesr.models.config import build_configs  # noqa: E402
-from llmesr.training.trainer import Trainer  # noqa: E402
+from suite import eval_speed  # noqa: E402
 
 
 def main() -> None:
@@ -30,23 +26,14 @@ def main() -> None:
     ap.add_argument("data")
     ap.add_argument("--models", nargs="+", default=["id", "llmesr"])
     ap.add_argument("--preset", default="default")
+    ap.add_argument("--device", default="auto")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    results = []
-    for model in args.models:
-        mcfg, tcfg = build_configs(args.preset, "sasrec", model, {"epochs": "1"})
-        with tempfile.TemporaryDirectory() as run:
-            tr = Trainer(args.data, mcfg, tcfg, run, overwrite=True, progress=False,
-                         log=lambda *a: None)
-            for protocol in ("full", "sampled"):
-                t0 = time.perf_counter()
-                ranks, _ = tr.evaluate("test", protocol)
-                results.append({"model": model, "preset": args.preset, "protocol": protocol,
-                                "users": len(ranks),
-                                "seconds": round(time.perf_counter() - t0, 2)})
+    results = [r for m in args.models for r in eval_speed(args.data, m, args.device,
+                                                          args.preset)]
     emit({"benchmark": "eval_speed", "data": args.data, "threads": torch.get_num_threads(),
           "results": results}, args.out)
 

@@ -100,8 +100,8 @@ def train_speed(data: str, preset: str, backbone: str, model: str, steps: int,
             "share_of_peak_matmul": round(flops / mean / peak, 4)}
 
 
-def eval_speed(data: str, model: str, device: str) -> list[dict]:
-    mcfg, tcfg = build_configs("default", "sasrec", model, {"epochs": "1", "device": device})
+def eval_speed(data: str, model: str, device: str, preset: str = "default") -> list[dict]:
+    mcfg, tcfg = build_configs(preset, "sasrec", model, {"epochs": "1", "device": device})
     out = []
     with tempfile.TemporaryDirectory() as run:
         tr = Trainer(data, mcfg, tcfg, run, overwrite=True, progress=False,
@@ -111,7 +111,7 @@ def eval_speed(data: str, model: str, device: str) -> list[dict]:
             t0 = time.perf_counter()
             ranks, _ = tr.evaluate("test", protocol)
             _sync(tr.device)
-            out.append({"model": model, "protocol": protocol, "users": len(ranks),
+            out.append({"model": model, "preset": preset, "protocol": protocol, "users": len(ranks),
                         "seconds": round(time.perf_counter() - t0, 2)})
     return out
 
