@@ -19,3 +19,16 @@ def emit(result: dict[str, Any], out: str | None) -> None:
     print(text)
     if out:
         Path(out).write_text(text + "\n")
+
+
+def parse_with_runtime(ap) -> "argparse.Namespace":
+    """Add --device, --threads and --out to a benchmark's parser, parse, and apply --threads."""
+    import torch
+
+    ap.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: all)")
+    ap.add_argument("--out", default=None, help="also write the JSON here")
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    return args

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import emit  # noqa: E402
+from _common import emit, parse_with_runtime  # noqa: E402
 from suite import eval_speed  # noqa: E402
 
 
@@ -26,12 +26,7 @@ def main() -> None:
     ap.add_argument("data")
     ap.add_argument("--models", nargs="+", default=["id", "llmesr"])
     ap.add_argument("--preset", default="default")
-    ap.add_argument("--device", default="auto")
-    ap.add_argument("--threads", type=int, default=None)
-    ap.add_argument("--out", default=None)
-    args = ap.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    args = parse_with_runtime(ap)
     results = [r for m in args.models for r in eval_speed(args.data, m, args.device,
                                                           args.preset)]
     emit({"benchmark": "eval_speed", "data": args.data, "threads": torch.get_num_threads(),

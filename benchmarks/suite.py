@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import emit  # noqa: E402
+from _common import emit, parse_with_runtime  # noqa: E402
 
 from llmesr.models.config import build_configs  # noqa: E402
 from llmesr.training.trainer import Trainer, resolve_device  # noqa: E402
@@ -142,12 +142,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--eval-models", nargs="+", default=["id", "llmesr"])
     ap.add_argument("--embed-texts", type=int, default=2000, help="0 = skip")
-    ap.add_argument("--device", default="auto")
-    ap.add_argument("--threads", type=int, default=None)
-    ap.add_argument("--out", default=None)
-    args = ap.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    args = parse_with_runtime(ap)
     device = resolve_device(args.device)
     peak = peak_matmul(device)
     result = {"benchmark": "suite", "data": args.data, "device": str(device),

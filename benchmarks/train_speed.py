@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import emit  # noqa: E402
+from _common import emit, parse_with_runtime  # noqa: E402
 from suite import peak_matmul, train_speed  # noqa: E402
 
 from llmesr.training.trainer import resolve_device  # noqa: E402
@@ -32,12 +32,7 @@ def main() -> None:
     ap.add_argument("--backbones", nargs="+", default=["sasrec"])
     ap.add_argument("--presets", nargs="+", default=["paper", "default"])
     ap.add_argument("--steps", type=int, default=20)
-    ap.add_argument("--device", default="auto")
-    ap.add_argument("--threads", type=int, default=None)
-    ap.add_argument("--out", default=None)
-    args = ap.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    args = parse_with_runtime(ap)
     peak = peak_matmul(resolve_device(args.device))["flops_per_second"]
     results = [train_speed(args.data, p, b, m, args.steps, peak, args.device)
                for p in args.presets for b in args.backbones for m in args.models]
