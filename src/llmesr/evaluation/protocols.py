@@ -362,6 +362,13 @@ def sampled_ranks(score_fn: ScoreFn, users: np.ndarray, targets: np.ndarray, num
 # long-tail groups
 
 
+def group_masks(tail_user: np.ndarray, tail_item: np.ndarray) -> dict[str, np.ndarray]:
+    """The five long-tail groups (SPEC §2) as bool masks over the cases."""
+    return {"overall": np.ones(tail_user.shape, dtype=bool),
+            "tail_item": tail_item, "head_item": ~tail_item,
+            "tail_user": tail_user, "head_user": ~tail_user}
+
+
 def group_metrics(ranks: np.ndarray, tail_user: np.ndarray, tail_item: np.ndarray,
                   ks: Sequence[int] = DEFAULT_KS) -> dict:
     """Metrics overall and per long-tail group (SPEC §2), with group sizes.
@@ -383,13 +390,7 @@ def group_metrics(ranks: np.ndarray, tail_user: np.ndarray, tail_item: np.ndarra
         if mask.dtype != bool or mask.shape != ranks.shape:
             raise ValueError(f"{name} must be a bool array of shape {ranks.shape}; got "
                              f"{mask.dtype} {mask.shape}")
-    groups = {
-        "overall": np.ones(ranks.shape, dtype=bool),
-        "tail_item": tail_item,
-        "head_item": ~tail_item,
-        "tail_user": tail_user,
-        "head_user": ~tail_user,
-    }
+    groups = group_masks(tail_user, tail_item)
     out: dict = {name: metrics_from_ranks(ranks[mask], ks) for name, mask in groups.items()}
     out["counts"] = {name: int(mask.sum()) for name, mask in groups.items()}
     return out

@@ -290,9 +290,9 @@ class CaseInfo:
     item_bucket: np.ndarray
 
     def masks(self) -> dict[str, np.ndarray]:
-        return {"overall": np.ones(len(self.tail_user), dtype=bool),
-                "tail_item": self.tail_item, "head_item": ~self.tail_item,
-                "tail_user": self.tail_user, "head_user": ~self.tail_user}
+        from llmesr.evaluation.protocols import group_masks
+
+        return group_masks(self.tail_user, self.tail_item)
 
 
 def case_info(run: RunResult, data_dir: str | Path | None = None) -> CaseInfo:
@@ -372,8 +372,11 @@ def build_report(runs: list[RunResult], *, baseline: str | None = "id",
     for p in protocols:
         table: dict[str, Any] = {}
         tests: list[dict[str, Any]] = []
+        # (seeds, cases) per variant and metric, computed once (a baseline serves many rows)
+        values = {v.label: {m: np.stack([per_case(r.ranks[p], m) for r in v.runs])
+                            for m in metrics} for v in variants}
         for v in variants:
-            per_seed = {m: np.stack([per_case(r.ranks[p], m) for r in v.runs]) for m in metrics}
+            per_seed = values[v.label]
             cell: dict[str, Any] = {}
             for g, mask in masks.items():
                 cell[g] = {}
@@ -392,7 +395,7 @@ def build_report(runs: list[RunResult], *, baseline: str | None = "id",
             ref = base.get(v.backbone)
             if ref is None or ref is v:
                 continue
-            ref_seed = {m: np.stack([per_case(r.ranks[p], m) for r in ref.runs]) for m in metrics}
+            ref_seed = values[ref.label]
             for g, mask in masks.items():
                 for m in metrics:
                     t = paired_tests(per_seed[m].mean(axis=0)[mask],

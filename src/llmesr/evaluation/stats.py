@@ -16,17 +16,14 @@ from llmesr.errors import LlmesrError
 
 
 def per_case(ranks: np.ndarray, metric: str) -> np.ndarray:
-    """Per-case values of ``metric`` ("HR@k", "NDCG@k", "MRR@k" or "MRR") from 0-based ranks."""
-    r = np.asarray(ranks, dtype=np.float64)
+    """Per-case values of ``metric`` ("HR@k", "NDCG@k", "MRR@k" or "MRR") from 0-based ranks
+    (one column of :func:`llmesr.evaluation.metrics.per_user_metrics`)."""
+    from llmesr.evaluation.metrics import per_user_metrics
+
     name, _, k = metric.partition("@")
-    hit = np.ones(r.shape, dtype=bool) if not k else r < int(k)
-    if name == "HR" and k:
-        return hit.astype(np.float64)
-    if name == "NDCG" and k:
-        return np.where(hit, 1.0 / np.log2(r + 2.0), 0.0)
-    if name == "MRR":
-        return np.where(hit, 1.0 / (r + 1.0), 0.0)
-    raise LlmesrError(f"unknown metric {metric!r}; use HR@k, NDCG@k, MRR@k or MRR")
+    if name not in ("HR", "NDCG", "MRR") or (k and not k.isdigit()) or (not k and name != "MRR"):
+        raise LlmesrError(f"unknown metric {metric!r}; use HR@k, NDCG@k, MRR@k or MRR")
+    return per_user_metrics(ranks, ks=(int(k),) if k else (1,))[metric]
 
 
 def paired_tests(a: np.ndarray, b: np.ndarray) -> dict[str, float]:
