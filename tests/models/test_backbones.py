@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from torch import nn
@@ -129,6 +131,44 @@ def test_pad_to_closed_form_equals_full_length_run(causal, heads, random_biases)
         assert torch.equal(model(x, mask, pad_to=t), naive)
     with pytest.raises(LlmesrError):
         model(x, mask, pad_to=t - 1)
+
+
+def test_cropped_padded_keys_get_the_uncropped_dropout_distribution():
+    """In training, the virtual key stands for n padded keys that the uncropped run drops
+    independently: the output's mean and variance match the uncropped run's."""
+    from llmesr.models.backbones import _SelfAttention
+
+    torch.manual_seed(0)
+    attn = _SelfAttention(D, 1, dropout=0.5).train()
+    randomize_biases(attn)
+    t, n, draws = 3, 6, 20_000
+    real = torch.randn(1, t, D)
+    full_kv = torch.cat([torch.zeros(1, n, D), real], 1).expand(draws, -1, -1)
+    crop_kv = real.expand(draws, -1, -1)
+    q = real[:, -1:].expand(draws, -1, -1)
+    mask = torch.zeros(1, 1, 1, t + 1)
+    mask[..., t] = math.log(n)
+    with torch.no_grad():
+        full = attn(q, full_kv, None)[:, 0]
+        crop = attn(q, crop_kv, mask, n)[:, 0]
+    assert torch.allclose(full.mean(0), crop.mean(0), atol=0.03)
+    ratio = crop.var(0) / full.var(0)
+    assert ((ratio > 0.9) & (ratio < 1.1)).all(), ratio
+    # dropping the merged column as one unit (the old behaviour) has a larger variance
+    with torch.no_grad():
+        unit = attn(q, torch.cat([torch.zeros(draws, 1, D), crop_kv], 1), None)[:, 0]
+    assert (unit.var(0) > 1.2 * full.var(0)).any()
+
+
+def test_kept_share_is_a_scaled_binomial():
+    from llmesr.models.dropout import kept_share
+
+    torch.manual_seed(0)
+    f = kept_share((200_000,), 8, 0.5, torch.device("cpu"))
+    assert set(torch.unique(f * 8 * 0.5).round().tolist()) <= set(range(9))
+    assert abs(f.mean().item() - 1.0) < 0.01
+    assert abs(f.var().item() - 0.5 / (8 * 0.5)) < 0.01
+    assert torch.equal(kept_share((3,), 8, 0.0, torch.device("cpu")), torch.ones(3))
 
 
 def test_pad_to_ignored_when_keys_masked():
@@ -273,6 +313,66 @@ def test_gru_deterministic_trainable_and_init():
     assert a.gru.weight_ih_l0.grad.abs().sum() > 0
 
 
+def padded_constant(lengths: list[int], t: int, seed: int = 0):
+    """Left-padded inputs whose padded steps all hold one row-dependent vector (as the
+    paper's GRU sees them: the padding embedding, or its cross-attention output)."""
+    x, mask = left_padded(lengths, t, seed=seed)
+    g = torch.Generator().manual_seed(seed + 7)
+    pad = torch.randn(len(lengths), 1, x.shape[2], generator=g)
+    return torch.where(mask.unsqueeze(-1), x, pad), mask
+
+
+@pytest.mark.parametrize("layers", [1, 2])
+def test_gru_cropped_prefix_equals_full_length_run(layers):
+    """Cropping the paper's unmasked GRU and replaying the padded steps gives the
+    fixed-length outputs and gradients."""
+    model = gru(mask_padding=False, layers=layers).train()
+    lengths, L = [3, 6, 1, 5, 0], 200
+    x, mask = padded_constant(lengths, L)
+    w = max(lengths) + 1                       # keep one padded column in every row
+
+    def run(xs, ms, pad_to):
+        model.zero_grad()
+        xs = xs.clone().requires_grad_(True)
+        out = model(xs, ms, pad_to=pad_to)
+        (out[:, -1] ** 2).sum().backward()
+        return out.detach(), [p.grad.clone() for p in model.parameters()]
+
+    full, g_full = run(x, mask, None)
+    crop, g_crop = run(x[:, -w:], mask[:, -w:], L)
+    assert torch.allclose(crop, full[:, -w:], atol=1e-6)
+    for a, b in zip(g_full, g_crop):
+        assert (a - b).norm() <= 1e-5 * a.norm()
+
+
+def test_gru_prefix_stops_at_the_fixed_point():
+    model = gru(mask_padding=False)
+    pad = torch.randn(4, 1, D)
+    calls = []
+    model.gru.register_forward_hook(lambda *a: calls.append(1))
+    with torch.no_grad():
+        h = model.prefix_state(pad, 100_000)
+        assert len(calls) < 100                # far fewer than 100,000 steps
+        _, h2 = model.gru(pad, h)
+    assert torch.equal(h, h2)                  # one more step changes nothing
+    with torch.no_grad():
+        ref, _ = model.gru(pad.expand(4, 5, D))
+        calls.clear()
+        assert torch.allclose(model.prefix_state(pad, 5)[-1], ref[:, -1], atol=1e-6)
+    assert len(calls) == 1                     # fewer steps than a chunk: one call
+
+
+def test_gru_cropped_batch_needs_a_padded_first_column():
+    model = gru(mask_padding=False)
+    x, mask = padded_constant([3, 2], 3)
+    with pytest.raises(LlmesrError, match="padded first column"):
+        model(x, mask, pad_to=10)
+    with pytest.raises(LlmesrError, match="shorter"):
+        model(x, mask, pad_to=2)
+    with torch.no_grad():
+        assert torch.equal(model(x, mask, pad_to=3), model(x, mask))
+
+
 def test_gru_shape_errors():
     model = gru()
     x, mask = left_padded([2], 3)
@@ -306,6 +406,7 @@ def test_training_attention_path_matches_fused_kernel(causal, mask_keys, monkeyp
     with torch.no_grad():
         ref = model(x, mask, pad_to=30)
     monkeypatch.setattr(bb, "fast_dropout", lambda t, p, training: t)
+    monkeypatch.setattr(bb, "kept_share", lambda shape, n, p, device: torch.ones(shape))
     model.train()
     for m in model.modules():          # switch off the other dropouts only
         if isinstance(m, bb.Dropout):

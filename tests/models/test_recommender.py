@@ -66,6 +66,32 @@ def test_paper_preset_is_bidirectional_and_crop_exact():
     assert torch.allclose(base[0], full[0, -6:], atol=1e-5)
 
 
+@pytest.mark.parametrize("model", ["id", "llmesr"])
+def test_paper_gru_is_crop_exact_with_gradients(model):
+    """The paper's GRU runs over the padding; cropping replays the padded steps (from a
+    padded column's input, which after the cross-attention depends on the row)."""
+    m = make(model, "gru4rec", "paper").train()
+    rows = [[3, 7, 1, 9, 4, 12], [5], [], [8, 2, 6]]
+
+    def run(width):
+        m.zero_grad()
+        u = m.user_state(*batch(rows, width))
+        (u ** 2).sum().backward()
+        return u.detach(), {n: p.grad.clone() for n, p in m.named_parameters()
+                            if p.grad is not None}
+
+    full, g_full = run(m.cfg.max_len)
+    for width in (6, 7, 10):                   # 6: no padded column, one is added
+        crop, g_crop = run(width)
+        assert torch.allclose(crop, full, atol=1e-6), width
+        assert g_crop.keys() == g_full.keys()
+        for n in g_full:
+            assert (g_full[n] - g_crop[n]).norm() <= 1e-5 * g_full[n].norm(), (width, n)
+    states = m.encode(*batch(rows, 6))
+    assert states.shape == (4, 6, m.state_dim)
+    assert torch.allclose(states, m.encode(*batch(rows, m.cfg.max_len))[:, -6:], atol=1e-6)
+
+
 def test_frozen_table_is_a_buffer_and_stays_unchanged():
     m = make("llmesr").train()
     before = m.se.llm.clone()

@@ -34,12 +34,16 @@ additive logit bias ``log(L - T)``. Since ``n`` identical columns with logit ``s
 softmax mass as one column with logit ``s + log n``, the eval-mode output equals the uncropped
 length-L run exactly (up to float rounding). The missing padding is assumed to be on the left
 (before every real item), so with ``causal=True`` every query may see the virtual column. In
-training mode, attention dropout drops the merged column as a single unit, whereas the uncropped
-run drops each of the ``L - T`` columns independently: the expectation is the same, the
-variance is not, so training with cropping is not bit-for-bit the paper's stochastic process.
+training mode the uncropped run's attention dropout keeps each of the ``L - T`` columns
+independently; as they carry equal weights and values, only how many are kept matters, so the
+virtual column's weight is scaled by ``Binomial(L - T, 1 - p) / ((L - T)(1 - p))``: the same
+distribution as the uncropped run's (not the same random draws).
 
 :class:`GRUBackbone` is GRU4Rec's ``nn.GRU(d, d, bias=False)``. ``mask_padding=False`` is the
-paper's quirk (SPEC §9.1.7): padded steps are processed like real ones. ``mask_padding=True``
+paper's quirk (SPEC §9.1.7): padded steps are processed like real ones. A batch cropped from
+L = 200 columns (``forward(..., pad_to=L)``) replays the missing padded steps from its first
+column's input (the same at every padded step), stopping early once the state is a fixed
+point when no gradient is needed (:meth:`GRUBackbone.prefix_state`). ``mask_padding=True``
 runs a packed GRU over the real items only, so the state is unaffected by padding and padded
 positions output zeros (an empty history outputs zeros everywhere, i.e. the initial state).
 
@@ -62,6 +66,7 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 from llmesr.errors import LlmesrError
 from llmesr.models.dropout import Dropout
 from llmesr.models.dropout import dropout as fast_dropout
+from llmesr.models.dropout import kept_share
 
 __all__ = ["TransformerBackbone", "GRUBackbone"]
 
@@ -109,12 +114,15 @@ class _SelfAttention(nn.Module):
         return t.view(b, n, self.heads, self.head_dim).transpose(1, 2)  # (B, h, n, hd)
 
     def forward(self, query: Tensor, key_value: Tensor, mask: Tensor | None,
-                virtual_key: bool = False) -> Tensor:
+                n_virtual: int = 0) -> Tensor:
         """``mask``: additive float mask (B or 1, 1, Tq, Tk [+ 1]) or None.
 
-        ``virtual_key``: append the key ``b_k`` / value ``b_v`` column standing for the
-        cropped padded keys (its logit bias ``log(n)`` is in ``mask``).
+        ``n_virtual`` > 0: append the key ``b_k`` / value ``b_v`` column standing for that
+        many cropped padded keys (its logit bias ``log(n)`` is in ``mask``). In training,
+        attention dropout keeps each of those keys independently, as the uncropped run
+        would: the column's weight is scaled by ``Binomial(n, 1 - p) / (n (1 - p))``.
         """
+        virtual_key = n_virtual > 0
         b, t, _ = query.shape
         q = self._split(self.q_proj(query))
         k = self._split(self.k_proj(key_value))
@@ -126,13 +134,20 @@ class _SelfAttention(nn.Module):
             v = torch.cat([v, bv.to(v.dtype)], dim=2)
         if mask is not None and mask.dtype != q.dtype:
             mask = mask.to(q.dtype)
-        if self.training and self.dropout > 0.0 and q.device.type == "cpu":
+        if self.training and self.dropout > 0.0 and (q.device.type == "cpu" or virtual_key):
             # attention dropout with the cheap CPU mask (see models/dropout.py): the fused
             # kernel would draw it with bernoulli_, the main cost of a teacher pass
             scores = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(self.head_dim))
             if mask is not None:
                 scores = scores + mask
-            attn = fast_dropout(torch.softmax(scores, dim=-1), self.dropout, True)
+            attn = torch.softmax(scores, dim=-1)
+            if virtual_key:
+                share = kept_share(attn.shape[:-1] + (1,), n_virtual, self.dropout,
+                                   attn.device).to(attn.dtype)
+                attn = torch.cat([fast_dropout(attn[..., :-1], self.dropout, True),
+                                  attn[..., -1:] * share], dim=-1)
+            else:
+                attn = fast_dropout(attn, self.dropout, True)
             out = attn @ v
         else:
             out = F.scaled_dot_product_attention(
@@ -233,11 +248,11 @@ class TransformerBackbone(nn.Module):
             if last_only and i == last:
                 # only the last query: keys and values still come from every position
                 q = ln_a(h[:, -1:])
-                h = q + attn(q, h, None if mask is None else mask[:, :, -1:], n_missing > 0)
+                h = q + attn(q, h, None if mask is None else mask[:, :, -1:], n_missing)
                 m = m[:, -1:]
             else:
                 q = ln_a(h)
-                h = q + attn(q, h, mask, n_missing > 0)
+                h = q + attn(q, h, mask, n_missing)
             h = ln_f(h)
             h = h + ffn(h)
             h = h * m
@@ -263,10 +278,59 @@ class GRUBackbone(nn.Module):
             if p.dim() >= 2:
                 nn.init.xavier_normal_(p)
 
-    def forward(self, x: Tensor, padding_mask: Tensor) -> Tensor:
+    def prefix_state(self, pad_input: Tensor, steps: int, chunk: int = 8) -> Tensor:
+        """The GRU state (layers, B, d) after ``steps`` padded steps of input ``pad_input``
+        (B, 1, d).
+
+        The input is the same at every padded step, so each row's state follows h <- f(h)
+        for a fixed f. Without autograd (teachers, evaluation) the steps run in chunks, and
+        after each chunk one more single step is compared with it: once no row's state
+        changes bit for bit, it is a fixed point of f and every further step would return it
+        unchanged, so the loop stops with the full scan's value (tens of steps instead of
+        the ~190 padded steps of a short history). With autograd every step runs: a state
+        already at its fixed point still passes gradient to the padded input and the
+        weights at every step, decaying only as fast as f contracts.
+        """
+        b, _, d = pad_input.shape
+        if b > 1 and torch.equal(pad_input[:1].expand_as(pad_input), pad_input):
+            # one padded input for every row (no cross-attention before the GRU): one scan
+            return self.prefix_state(pad_input[:1], steps, chunk).expand(-1, b, -1).contiguous()
+        h = pad_input.new_zeros(self.gru.num_layers, b, d)
+        if torch.is_grad_enabled():
+            _, h = self.gru(pad_input.expand(b, steps, d), h)
+            return h
+        done = 0
+        while done < steps:
+            k = min(chunk, steps - done)
+            _, h = self.gru(pad_input.expand(b, k, d), h)
+            done += k
+            if done == steps:
+                break
+            _, h_next = self.gru(pad_input, h)
+            done += 1
+            if torch.equal(h_next, h):
+                break
+            h = h_next
+        return h
+
+    def forward(self, x: Tensor, padding_mask: Tensor, pad_to: int | None = None) -> Tensor:
+        """(B, T, d) outputs. ``pad_to`` (unmasked GRU only): the batch was cropped from
+        ``pad_to`` columns; the missing padded steps are accounted for by
+        :meth:`prefix_state`, which needs column 0 to be padding in every row."""
         _check_inputs(x, padding_mask, self.hidden, "GRUBackbone")
         if not self.mask_padding:
-            out, _ = self.gru(x)
+            t = x.shape[1]
+            if pad_to is not None and pad_to < t:
+                raise LlmesrError(f"GRUBackbone: pad_to ({pad_to}) is shorter than the "
+                                  f"batch's sequence length ({t})")
+            n_missing = 0 if pad_to is None else pad_to - t
+            if n_missing == 0:
+                out, _ = self.gru(x)
+                return out
+            if bool(padding_mask[:, 0].any()):
+                raise LlmesrError("GRUBackbone: a cropped batch needs a padded first column "
+                                  "(its input is the padded steps' input)")
+            out, _ = self.gru(x, self.prefix_state(x[:, :1], n_missing))
             return out
         b, t, d = x.shape
         # Move each row's real items to the front (order kept): works for left padding and, in

@@ -55,6 +55,25 @@ def dropout(x: torch.Tensor, p: float, training: bool = True) -> torch.Tensor:
     return x * keep_mask(x.shape, p, x.device).to(x.dtype) * scale
 
 
+def kept_share(shape: torch.Size | tuple[int, ...], n: int, p: float, device: torch.device
+               ) -> torch.Tensor:
+    """What :func:`dropout` does, in distribution, to the sum of ``n`` equal values.
+
+    Each of the ``n`` is kept with probability ``1 - p`` (``p`` rounded as :func:`dropout`
+    rounds it on CPU) and scaled by ``1 / (1 - p)``, so their sum is multiplied by
+    ``Binomial(n, 1 - p) / (n (1 - p))``; returns that factor, float32 of ``shape``.
+    """
+    if p <= 0.0:
+        return torch.ones(shape, device=device)
+    if device.type == "cpu":
+        thr, scale = _threshold(p)
+        keep = 1.0 - (thr + (1 << 15)) / _RESOLUTION
+    else:
+        keep, scale = 1.0 - p, 1.0 / (1.0 - p)
+    counts = torch.full(shape, float(n), device=device)
+    return torch.binomial(counts, torch.full_like(counts, keep)) * (scale / n)
+
+
 class Dropout(nn.Module):
     """Drop-in replacement for ``nn.Dropout`` (no parameters, same state dict)."""
 

@@ -79,12 +79,14 @@ class SequentialRecommender(nn.Module):
         return self.cfg.hidden * (2 if self.cfg.dual else 1)
 
     @property
-    def crop_is_exact(self) -> bool:
-        """Whether cropping a batch to its longest history gives the fixed-length result.
+    def train_is_deterministic(self) -> bool:
+        """No dropout anywhere in training mode (GRU4Rec: none on its inputs, none in the
+        GRU, the cross-attention or the adapter), so two forward passes give one value."""
+        return self.is_gru
 
-        True except for the paper's unmasked GRU, whose state runs through every padded step.
-        """
-        return not (self.is_gru and not self.cfg.gru_mask_padding)
+    @property
+    def _gru_prefix(self) -> bool:
+        return self.is_gru and not self.cfg.gru_mask_padding
 
     # ---- encoding --------------------------------------------------------------------------
     def _inputs(self, view: nn.Module, seq: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
@@ -96,20 +98,43 @@ class SequentialRecommender(nn.Module):
     def _encode(self, encoder: nn.Module, x: torch.Tensor, mask: torch.Tensor,
                 last_only: bool = False) -> torch.Tensor:
         if self.is_gru:
-            out = encoder(x, mask)
+            out = encoder(x, mask, pad_to=self.cfg.max_len if self._gru_prefix else None)
             return out[:, -1:] if last_only else out
         pad_to = None if self.cfg.mask_padded_keys else self.cfg.max_len
         return encoder(x, mask, pad_to=pad_to, last_only=last_only)
 
     def encode(self, seq: torch.Tensor, pos: torch.Tensor, last_only: bool = False
                ) -> torch.Tensor:
-        """All positions' states (B, T, H), or only the last one's (B, 1, H)."""
+        """All positions' states (B, T, H), or only the last one's (B, 1, H).
+
+        The result does not depend on how much left padding the batch has, in every preset:
+        the padded keys cropped from an unmasked transformer are folded into one virtual key
+        (``TransformerBackbone``), and the padded steps cropped from the paper's unmasked GRU
+        are replayed from a padded column's input (``GRUBackbone.prefix_state``). Callers
+        may therefore crop a batch to its longest history, or run length groups.
+        """
+        strip = 0
+        if self._gru_prefix and seq.shape[1] < self.cfg.max_len and bool((seq[:, 0] > 0).any()):
+            # The unmasked GRU replays the cropped padded steps from a padded column's
+            # input (after the cross-attention, that input depends on the row): add one.
+            seq, pos, strip = F.pad(seq, (1, 0)), F.pad(pos, (1, 0)), 1
+        out = self._encode_views(seq, pos, last_only)
+        return out[:, strip:] if strip and not last_only else out
+
+    def _encode_views(self, seq: torch.Tensor, pos: torch.Tensor, last_only: bool
+                      ) -> torch.Tensor:
         mask = seq > 0
         if self.cfg.dual:
             x_co, x_se = self._inputs(self.co, seq, pos), self._inputs(self.se, seq, pos)
             if self.llm2id is not None:
                 # the query comes from the other view (§9.1.4)
                 x_co, x_se = self.llm2id(x_se, x_co, mask), self.id2llm(x_co, x_se, mask)
+            if self.is_gru and self.encoder_se is None:
+                # The shared GRU has no dropout: one call over both views' rows runs half
+                # the sequential steps, with the same values as two calls.
+                u = self._encode(self.encoder, torch.cat([x_co, x_se]),
+                                 torch.cat([mask, mask]), last_only)
+                return torch.cat(u.chunk(2), dim=-1)
             u_co = self._encode(self.encoder, x_co, mask, last_only)
             u_se = self._encode(self.encoder_se or self.encoder, x_se, mask, last_only)
             return torch.cat([u_co, u_se], dim=-1)
@@ -124,12 +149,10 @@ class SequentialRecommender(nn.Module):
                             max_rows: int | None = None) -> torch.Tensor:
         """``user_state`` (B, H, float32) of rows of very different lengths, in length groups.
 
-        When the output does not depend on the amount of left padding (``crop_is_exact``),
+        The output does not depend on the amount of left padding (see :meth:`encode`), so
         rows are grouped by length (:func:`~llmesr.models.chunking.plan_chunks`) and each
         group is cropped to its own longest history: the same states, far fewer tokens.
         """
-        if not self.crop_is_exact:
-            return self.user_state(seq, pos).float()
         out = torch.empty(len(seq), self.state_dim, device=seq.device)
         for idx, width in plan_chunks((seq > 0).sum(dim=1).cpu().numpy(), max_rows=max_rows):
             i = torch.from_numpy(idx).to(seq.device)

@@ -92,7 +92,7 @@ class BatchBuilder:
 
     def __init__(self, view: TrainView, backbone: str, max_len: int, rng: np.random.Generator,
                  neighbors: np.ndarray | None = None, teachers: int = 10,
-                 mask_prob: float = 0.6, fixed_width: bool = False):
+                 mask_prob: float = 0.6):
         self.v = view
         self.backbone = backbone
         self.max_len = max_len
@@ -100,7 +100,6 @@ class BatchBuilder:
         self.sampler = NegativeSampler(view.num_items, rng)
         self.neighbors = None if neighbors is None else neighbors[:, :teachers]
         self.mask_prob = mask_prob
-        self.width = max_len if fixed_width else None
         self.mask_token = view.num_items + 1
 
     def epoch_samples(self) -> np.ndarray:
@@ -118,7 +117,7 @@ class BatchBuilder:
         """Training input of ``rows``: the training items minus the last (right-aligned)."""
         s = self.v.starts[rows]
         e = s + np.maximum(self.v.train_len[rows] - 1, 0)
-        return window(self.v.items, s, e, self.max_len, self.width)
+        return window(self.v.items, s, e, self.max_len)
 
     def train_batch(self, samples: np.ndarray) -> dict[str, np.ndarray]:
         u_count = len(self.v.train_len)
@@ -147,7 +146,7 @@ class BatchBuilder:
     def _bert(self, rows: np.ndarray, last_only: np.ndarray) -> dict[str, np.ndarray]:
         s = self.v.starts[rows]
         e = s + self.v.train_len[rows]
-        seq, pos = window(self.v.items, s, e, self.max_len, self.width)
+        seq, pos = window(self.v.items, s, e, self.max_len)
         real = seq > 0
         chosen = real & (self.rng.random(seq.shape) < self.mask_prob)
         chosen[last_only] = False

@@ -147,8 +147,7 @@ class Trainer:
         self.row_chunk = 512     # at most this many rows per length group (see _chunks)
         self.builder = BatchBuilder(self.view, mcfg.backbone, mcfg.max_len, self.rng,
                                     neighbors=nbrs if self.use_sd else None,
-                                    teachers=teachers, mask_prob=mcfg.mask_prob,
-                                    fixed_width=not self.model.crop_is_exact)
+                                    teachers=teachers, mask_prob=mcfg.mask_prob)
         self._eval_setup()
 
     # ---- evaluation ------------------------------------------------------------------------
@@ -233,12 +232,11 @@ class Trainer:
         """Rows grouped by history length, each group with its own crop width.
 
         Cropping every row to the batch's longest history wastes most of the work when
-        lengths vary (beauty: mean 9, max 200). When the model ignores left padding
-        (``crop_is_exact``) rows are grouped by length (``plan_chunks``) and each group is
-        cropped to its own longest: the same outputs for far fewer tokens.
+        lengths vary (beauty: mean 9, max 200). The model's output does not depend on the
+        amount of left padding (see ``SequentialRecommender.encode``), so rows are grouped
+        by length (``plan_chunks``) and each group is cropped to its own longest: the same
+        outputs for far fewer tokens.
         """
-        if not self.model.crop_is_exact:
-            return [(torch.arange(len(seq), device=seq.device), seq.shape[1])]
         lengths = (seq > 0).sum(dim=1).cpu().numpy()
         return [(torch.from_numpy(idx).to(seq.device), w)
                 for idx, w in plan_chunks(lengths, max_rows=self.row_chunk)]
@@ -251,11 +249,15 @@ class Trainer:
             for idx, w in self._chunks(seq):
                 s, p, tg = seq[idx, -w:], pos[idx, -w:], target[idx, -w:]
                 valid = tg > 0
-                us.append(self.model.encode(s, p)[valid])
+                states = self.model.encode(s, p)
+                us.append(states[valid])
                 ps.append(tg[valid])
                 ns.append(neg[idx, -w:][valid])
-                if self.distill is not None:   # the student: a second pass, new dropout
-                    students.append(self.model.user_state(s, p))
+                if self.distill is not None:
+                    # the student: a second pass with its own dropout mask (the paper); a
+                    # model without dropout would compute the same values again
+                    students.append(states[:, -1] if self.model.train_is_deterministic
+                                    else self.model.user_state(s, p))
                     rows.append(idx)
             rec = self.model.rec_loss_flat(torch.cat(us), torch.cat(ps), torch.cat(ns))
             loss = rec
