@@ -52,7 +52,7 @@ def compare(data: str, preset: str, backbone: str, model: str, steps: int, devic
         same_start = bool(torch.equal(start, state_vector(ref.model)))
         fast.model.train()
         ref.model.train()
-        rows, t_fast, t_ref = [], [], []
+        rows, raw, t_fast, t_ref = [], [], [], []
         for batch in batches:
             t0 = time.perf_counter()
             f = fast._step(batch)
@@ -61,13 +61,13 @@ def compare(data: str, preset: str, backbone: str, model: str, steps: int, devic
             t2 = time.perf_counter()
             t_fast.append(t1 - t0)
             t_ref.append(t2 - t1)
-            rows.append({"fast": {k: round(v, 7) for k, v in f.items()},
-                         "reference": {k: round(v, 7) for k, v in r.items()}})
+            raw.append((f, r))
+            rows.append({"fast": {k: float(f"{v:.8g}") for k, v in f.items()},
+                         "reference": {k: float(f"{v:.8g}") for k, v in r.items()}})
         gap = update_gap(start, fast.model, ref.model)
     rel = {}
-    for part in rows[0]["fast"]:
-        rel[part] = max(abs(r["fast"][part] - r["reference"][part])
-                        / max(abs(r["reference"][part]), 1e-12) for r in rows)
+    for part in raw[0][0]:
+        rel[part] = max(abs(f[part] - r[part]) / max(abs(r[part]), 1e-12) for f, r in raw)
     return {"preset": preset, "backbone": backbone, "model": model, "steps": steps,
             "same_initial_weights": same_start,
             "max_relative_loss_difference": {k: float(f"{v:.3g}") for k, v in rel.items()},

@@ -26,8 +26,6 @@ Prints JSON (and writes ``--out``).
 from __future__ import annotations
 
 import argparse
-import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -36,7 +34,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import emit  # noqa: E402
+from _common import emit, run_cli as stage  # noqa: E402
 
 
 def generate(folder: Path, users: int, items: int, interactions: int, seed: int) -> dict:
@@ -65,21 +63,6 @@ def generate(folder: Path, users: int, items: int, interactions: int, seed: int)
             "mean_length": round(total / users, 2), "max_length": int(lengths.max()),
             "top_1pct_items_share": round(float(np.sort(np.bincount(ranks, minlength=items))
                                                 [::-1][:max(1, items // 100)].sum() / total), 3)}
-
-
-def stage(name: str, args: list[str]) -> dict:
-    """Run ``llmesr ARGS`` in a child process: wall seconds and the child's peak RSS."""
-    t0 = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-m", "llmesr.cli", *args],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    err = proc.stderr.read()
-    _, status, usage = os.wait4(proc.pid, 0)
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    seconds = time.perf_counter() - t0
-    if proc.returncode != 0:
-        raise SystemExit(f"stage {name} failed ({proc.returncode}):\n{err[-3000:]}")
-    return {"stage": name, "seconds": round(seconds, 1),
-            "peak_rss_mib": round(usage.ru_maxrss / 1024, 1)}
 
 
 def main() -> None:

@@ -2,7 +2,8 @@
 
     python benchmarks/suite.py DATA_DIR [--models id llminit llmesr]
         [--backbones sasrec bert4rec gru4rec] [--presets paper default] [--steps 10]
-        [--embed-texts 2000] [--device auto] [--threads N] [--out suite.json]
+        [--embed-texts 2000] [--no-train-process] [--device auto] [--threads N]
+        [--out suite.json]
 
 DATA_DIR is a prepared and embedded dataset (``llmesr prepare`` + ``llmesr embed``), e.g.
 beauty-s3rec. The JSON (stdout, and ``--out``) holds, all measured in this one process:
@@ -16,6 +17,8 @@ beauty-s3rec. The JSON (stdout, and ``--out``) holds, all measured in this one p
   counted) and the achieved FLOP/s as a share of ``peak_matmul``;
 - ``eval``: seconds for one test-split evaluation of all users, full ranking and sampled;
 - ``embed``: item texts per second through the bundled all-MiniLM-L6-v2 encoder;
+- ``train_process``: wall seconds and peak resident memory of a real ``llmesr train`` process
+  (paper preset, LLM-ESR, SASRec, one epoch with its validation and the test evaluation);
 - ``peak_rss_mib`` of the process (and ``cuda_peak_mib`` on CUDA).
 """
 
@@ -31,7 +34,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import emit, parse_with_runtime  # noqa: E402
+from _common import emit, parse_with_runtime, run_cli  # noqa: E402
 
 from llmesr.models.config import build_configs  # noqa: E402
 from llmesr.training.trainer import Trainer, resolve_device  # noqa: E402
@@ -142,6 +145,8 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--eval-models", nargs="+", default=["id", "llmesr"])
     ap.add_argument("--embed-texts", type=int, default=2000, help="0 = skip")
+    ap.add_argument("--no-train-process", dest="train_process", action="store_false",
+                    help="skip the one-epoch `llmesr train` process (time and peak memory)")
     args = parse_with_runtime(ap)
     device = resolve_device(args.device)
     peak = peak_matmul(device)
@@ -156,6 +161,15 @@ def main() -> None:
                                                                         args.device)]}
     if args.embed_texts:
         result["embed"] = embed_speed(args.data, args.embed_texts, device)
+    if args.train_process:
+        # a real `llmesr train` process: one epoch, its validation and the final test
+        # evaluation (both protocols); wall time and peak resident memory of that process
+        with tempfile.TemporaryDirectory() as run:
+            result["train_process"] = run_cli(
+                "llmesr train --preset paper --model llmesr --epochs 1",
+                ["train", args.data, "--preset", "paper", "--model", "llmesr", "--epochs", "1",
+                 "--set", f"device={args.device}", "--out", run, "--overwrite", "--quiet"],
+                threads=torch.get_num_threads())
     if device.type == "cuda":
         result["cuda_peak_mib"] = round(torch.cuda.max_memory_allocated(device) / 2 ** 20, 1)
         result["gpu"] = torch.cuda.get_device_name(device)

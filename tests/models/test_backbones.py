@@ -343,9 +343,14 @@ def test_gru_cropped_prefix_equals_full_length_run(layers):
     assert torch.allclose(crop, full[:, -w:], atol=1e-6)
     for a, b in zip(g_full, g_crop):
         assert (a - b).norm() <= 1e-5 * a.norm()
+    # the state settled and only part of the padded steps ran with autograd
+    stats = model.last_prefix
+    assert stats["steps"] == L - w
+    assert 2 * stats["contracted_after"] <= L - w
+    assert stats["steps_with_grad"] == stats["contracted_after"]
 
 
-def test_gru_prefix_stops_at_the_fixed_point():
+def test_gru_prefix_stops_once_contracted():
     model = gru(mask_padding=False)
     pad = torch.randn(4, 1, D)
     calls = []
@@ -353,8 +358,9 @@ def test_gru_prefix_stops_at_the_fixed_point():
     with torch.no_grad():
         h = model.prefix_state(pad, 100_000)
         assert len(calls) < 100                # far fewer than 100,000 steps
-        _, h2 = model.gru(pad, h)
-    assert torch.equal(h, h2)                  # one more step changes nothing
+        k = model.last_prefix["contracted_after"]
+        ref, _ = model.gru(pad.expand(4, 3 * k, D))
+    assert torch.allclose(h[-1], ref[:, -1], atol=1e-6)   # = a longer full scan
     with torch.no_grad():
         ref, _ = model.gru(pad.expand(4, 5, D))
         calls.clear()

@@ -42,8 +42,8 @@ distribution as the uncropped run's (not the same random draws).
 :class:`GRUBackbone` is GRU4Rec's ``nn.GRU(d, d, bias=False)``. ``mask_padding=False`` is the
 paper's quirk (SPEC §9.1.7): padded steps are processed like real ones. A batch cropped from
 L = 200 columns (``forward(..., pad_to=L)``) replays the missing padded steps from its first
-column's input (the same at every padded step), stopping early once the state is a fixed
-point when no gradient is needed (:meth:`GRUBackbone.prefix_state`). ``mask_padding=True``
+column's input (the same at every padded step), only as many as it takes the GRU to contract
+to float resolution (:meth:`GRUBackbone.prefix_state`). ``mask_padding=True``
 runs a packed GRU over the real items only, so the state is unaffected by padding and padded
 positions output zeros (an empty history outputs zeros everywhere, i.e. the initial state).
 
@@ -274,44 +274,68 @@ class GRUBackbone(nn.Module):
         self.hidden = hidden
         self.mask_padding = mask_padding
         self.gru = nn.GRU(hidden, hidden, num_layers=layers, bias=False, batch_first=True)
+        #: what the last :meth:`prefix_state` did (steps asked, steps after which the
+        #: state had contracted, steps run with autograd): a diagnostic
+        self.last_prefix: dict[str, int] = {}
         for name, p in self.gru.named_parameters():
             if p.dim() >= 2:
                 nn.init.xavier_normal_(p)
 
     def prefix_state(self, pad_input: Tensor, steps: int, chunk: int = 8) -> Tensor:
         """The GRU state (layers, B, d) after ``steps`` padded steps of input ``pad_input``
-        (B, 1, d).
+        (B, 1, d): what the uncropped run holds when its first kept column starts.
 
         The input is the same at every padded step, so each row's state follows h <- f(h)
-        for a fixed f. Without autograd (teachers, evaluation) the steps run in chunks, and
-        after each chunk one more single step is compared with it: once no row's state
-        changes bit for bit, it is a fixed point of f and every further step would return it
-        unchanged, so the loop stops with the full scan's value (tens of steps instead of
-        the ~190 padded steps of a short history). With autograd every step runs: a state
-        already at its fixed point still passes gradient to the padded input and the
-        weights at every step, decaying only as fast as f contracts.
+        for a fixed f, and a GRU contracts: after K steps any two starting states have
+        become the same to float resolution. :meth:`_contraction` finds K by running the
+        real trajectory (from 0) beside one started a unit away in every coordinate (GRU
+        states stay inside (-1, 1)), until they are within a few float epsilons: tens of
+        steps, not the ~190 padded steps of a short history. Then:
+
+        - the state after K steps is the state after any ``steps`` >= K, to within those
+          epsilons (the extra steps only change the start of K contracting steps);
+        - with autograd, the last K steps run with it, from the no-grad state before them:
+          the earlier steps' gradient would pass through K steps that shrink every change
+          below float resolution, so leaving them out changes the gradient by less.
+
+        Without contraction within ``steps`` steps, every step runs (with autograd if on).
         """
         b, _, d = pad_input.shape
         if b > 1 and torch.equal(pad_input[:1].expand_as(pad_input), pad_input):
             # one padded input for every row (no cross-attention before the GRU): one scan
-            return self.prefix_state(pad_input[:1], steps, chunk).expand(-1, b, -1).contiguous()
-        h = pad_input.new_zeros(self.gru.num_layers, b, d)
-        if torch.is_grad_enabled():
-            _, h = self.gru(pad_input.expand(b, steps, d), h)
-            return h
+            h = self.prefix_state(pad_input[:1], steps, chunk)
+            return h.expand(-1, b, -1).contiguous()
+        zero = pad_input.new_zeros(self.gru.num_layers, b, d)
+        with torch.no_grad():
+            settled, k = self._contraction(pad_input.detach(), zero, steps, chunk)
+        grad = torch.is_grad_enabled()
+        self.last_prefix = {"steps": steps, "contracted_after": k,
+                            "steps_with_grad": (k if 2 * k <= steps else steps) if grad else 0}
+        if not grad:
+            return settled
+        if 2 * k <= steps:
+            start = settled.detach()      # = the state after steps - k >= k steps
+        else:
+            start, k = zero, steps
+        _, h = self.gru(pad_input.expand(b, k, d), start)
+        return h
+
+    def _contraction(self, p: Tensor, h: Tensor, steps: int, chunk: int) -> tuple[Tensor, int]:
+        """(state after k steps of input ``p`` from ``h``, k): k is the first multiple of
+        ``chunk`` (or ``steps``) at which a second start, one unit from ``h`` in every
+        coordinate, has come within 4 float epsilons of this trajectory."""
+        b, _, d = p.shape
+        eps = 4 * torch.finfo(p.dtype).eps
+        both = torch.cat([h, torch.where(h >= 0, h - 1, h + 1)], dim=1)
+        inputs = torch.cat([p, p])
         done = 0
         while done < steps:
             k = min(chunk, steps - done)
-            _, h = self.gru(pad_input.expand(b, k, d), h)
+            _, both = self.gru(inputs.expand(2 * b, k, d), both)
             done += k
-            if done == steps:
+            if float((both[:, :b] - both[:, b:]).abs().max()) <= eps:
                 break
-            _, h_next = self.gru(pad_input, h)
-            done += 1
-            if torch.equal(h_next, h):
-                break
-            h = h_next
-        return h
+        return both[:, :b].contiguous(), done
 
     def forward(self, x: Tensor, padding_mask: Tensor, pad_to: int | None = None) -> Tensor:
         """(B, T, d) outputs. ``pad_to`` (unmasked GRU only): the batch was cropped from
