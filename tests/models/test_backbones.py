@@ -368,6 +368,27 @@ def test_gru_prefix_stops_once_contracted():
     assert len(calls) == 1                     # fewer steps than a chunk: one call
 
 
+def test_gru_without_contraction_runs_every_step_and_skips_the_probe():
+    model = gru(mask_padding=False)
+    with torch.no_grad():            # an update gate near 1: the state barely moves
+        model.gru.weight_ih_l0[D:2 * D] = 10.0 / D
+    pad = torch.ones(3, 1, D) + 0.1 * torch.randn(3, 1, D)
+    with torch.no_grad():
+        ref, _ = model.gru(pad.expand(3, 100, D))
+        h = model.prefix_state(pad, 100)
+        assert model.last_prefix["contracted_after"] == 100
+        assert not model.contracting
+        assert torch.allclose(h[-1], ref[:, -1], atol=1e-6)
+        for _ in range(model.SKIP_PROBES):    # plain scans, same values
+            assert torch.allclose(model.prefix_state(pad, 100)[-1], ref[:, -1], atol=1e-6)
+        assert model.contracting              # then it probes again
+    x = torch.cat([pad.expand(3, 100, D), torch.randn(3, 5, D)], 1).requires_grad_(True)
+    mask = torch.zeros(3, 105, dtype=torch.bool)
+    mask[:, 100:] = True
+    model(x[:, 99:], mask[:, 99:], pad_to=105)[:, -1].sum().backward()
+    assert model.last_prefix["steps_with_grad"] == 99
+
+
 def test_gru_cropped_batch_needs_a_padded_first_column():
     model = gru(mask_padding=False)
     x, mask = padded_constant([3, 2], 3)

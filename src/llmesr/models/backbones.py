@@ -277,6 +277,7 @@ class GRUBackbone(nn.Module):
         #: what the last :meth:`prefix_state` did (steps asked, steps after which the
         #: state had contracted, steps run with autograd): a diagnostic
         self.last_prefix: dict[str, int] = {}
+        self._skip_probes = 0
         for name, p in self.gru.named_parameters():
             if p.dim() >= 2:
                 nn.init.xavier_normal_(p)
@@ -298,7 +299,8 @@ class GRUBackbone(nn.Module):
           the earlier steps' gradient would pass through K steps that shrink every change
           below float resolution, so leaving them out changes the gradient by less.
 
-        Without contraction within ``steps`` steps, every step runs (with autograd if on).
+        Without contraction within ``steps`` steps, every step runs (with autograd if on),
+        and the next replays skip the probe for a while (:attr:`contracting`).
         """
         b, _, d = pad_input.shape
         if b > 1 and torch.equal(pad_input[:1].expand_as(pad_input), pad_input):
@@ -306,9 +308,18 @@ class GRUBackbone(nn.Module):
             h = self.prefix_state(pad_input[:1], steps, chunk)
             return h.expand(-1, b, -1).contiguous()
         zero = pad_input.new_zeros(self.gru.num_layers, b, d)
-        with torch.no_grad():
-            settled, k = self._contraction(pad_input.detach(), zero, steps, chunk)
         grad = torch.is_grad_enabled()
+        with torch.no_grad():
+            if self.contracting:
+                settled, k, contracted = self._contraction(pad_input.detach(), zero, steps,
+                                                           chunk)
+                if not contracted and steps >= self.PROBE_MIN_STEPS:
+                    self._skip_probes = self.SKIP_PROBES
+            else:
+                # a recent probe found no contraction: plain scan, no second trajectory
+                self._skip_probes -= 1
+                k = steps
+                settled = None if grad else self.gru(pad_input.expand(b, steps, d), zero)[1]
         self.last_prefix = {"steps": steps, "contracted_after": k,
                             "steps_with_grad": (k if 2 * k <= steps else steps) if grad else 0}
         if not grad:
@@ -320,10 +331,22 @@ class GRUBackbone(nn.Module):
         _, h = self.gru(pad_input.expand(b, k, d), start)
         return h
 
-    def _contraction(self, p: Tensor, h: Tensor, steps: int, chunk: int) -> tuple[Tensor, int]:
-        """(state after k steps of input ``p`` from ``h``, k): k is the first multiple of
-        ``chunk`` (or ``steps``) at which a second start, one unit from ``h`` in every
-        coordinate, has come within 4 float epsilons of this trajectory."""
+    #: after a probe that found no contraction within this many steps or more, the next
+    #: SKIP_PROBES replays run the plain scan (a trained GRU often keeps its state for
+    #: longer than the padding: the probe would then only double the work)
+    PROBE_MIN_STEPS = 64
+    SKIP_PROBES = 50
+
+    @property
+    def contracting(self) -> bool:
+        """False while recent replays found no contraction (see :meth:`prefix_state`)."""
+        return self._skip_probes <= 0
+
+    def _contraction(self, p: Tensor, h: Tensor, steps: int, chunk: int
+                     ) -> tuple[Tensor, int, bool]:
+        """(state after k steps of input ``p`` from ``h``, k, contracted): k is the first
+        multiple of ``chunk`` at which a second start, one unit from ``h`` in every
+        coordinate, has come within 4 float epsilons of this trajectory, else ``steps``."""
         b, _, d = p.shape
         eps = 4 * torch.finfo(p.dtype).eps
         both = torch.cat([h, torch.where(h >= 0, h - 1, h + 1)], dim=1)
@@ -334,8 +357,8 @@ class GRUBackbone(nn.Module):
             _, both = self.gru(inputs.expand(2 * b, k, d), both)
             done += k
             if float((both[:, :b] - both[:, b:]).abs().max()) <= eps:
-                break
-        return both[:, :b].contiguous(), done
+                return both[:, :b].contiguous(), done, True
+        return both[:, :b].contiguous(), done, False
 
     def forward(self, x: Tensor, padding_mask: Tensor, pad_to: int | None = None) -> Tensor:
         """(B, T, d) outputs. ``pad_to`` (unmasked GRU only): the batch was cropped from

@@ -67,11 +67,7 @@ def reference_step(trainer, batch: dict[str, np.ndarray]) -> dict[str, float]:
         reg = model.item_reg_loss(seq)
         loss = loss + mcfg.beta * reg
         parts["reg"] = float(reg.detach())
-    trainer.optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    trainer.optimizer.step()
-    parts["loss"] = float(loss.detach())
-    return parts
+    return trainer.update(loss, parts)
 
 
 def state_vector(model: torch.nn.Module) -> torch.Tensor:

@@ -274,6 +274,10 @@ class Trainer:
                 reg = self.model.item_reg_loss(seq)
                 loss = loss + self.mcfg.beta * reg
                 parts["reg"] = float(reg.detach())
+        return self.update(loss, parts)
+
+    def update(self, loss: torch.Tensor, parts: dict[str, float]) -> dict[str, float]:
+        """One optimiser step on ``loss``; returns ``parts`` with the total as ``loss``."""
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
