@@ -26,6 +26,7 @@ Prints JSON (and writes ``--out``).
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import tempfile
 import time
@@ -84,15 +85,26 @@ def main() -> None:
     data = generate(work, args.users, args.items, args.interactions, args.seed)
     stages = [{"stage": "generate", "seconds": round(time.perf_counter() - t0, 1)}]
     ds = work / "data"
-    stages.append(stage("prepare", [
+
+    def done(result: dict) -> None:
+        # each stage as it ends (stderr, and --out so far): a long run stopped midway
+        # keeps the stages it finished
+        stages.append(result)
+        print(json.dumps(result), file=sys.stderr, flush=True)
+        if args.out:
+            Path(args.out).write_text(json.dumps({"benchmark": "scale_check", "partial": True,
+                                                  "generated": data, "stages": stages},
+                                                 indent=2) + "\n")
+
+    done(stage("prepare", [
         "prepare", "table", "--source", str(work / "interactions.parquet"), "--items",
         str(work / "items.csv"), "--user-col", "user_id", "--item-col", "item_id",
         "--time-col", "ts", "--time-unit", "s", "--text-fields", "title",
         "--kcore-user", "0", "--kcore-item", "0", "--out", str(ds), "--overwrite", "--quiet"]))
-    stages.append(stage("embed + PCA + neighbours", [
+    done(stage("embed + PCA + neighbours", [
         "embed", str(ds), "--encoder", args.encoder, "--backend", args.backend,
         "--neighbors", str(args.neighbors), "--quiet"]))
-    stages.append(stage(f"train 1 epoch ({args.model}, sasrec, default preset)", [
+    done(stage(f"train 1 epoch ({args.model}, sasrec, default preset)", [
         "train", str(ds), "--model", args.model, "--epochs", "1",
         "--set", f"sd_teachers={min(10, args.neighbors)}", "--out", str(work / "run"),
         "--overwrite", "--quiet"]))

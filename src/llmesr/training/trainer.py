@@ -35,6 +35,7 @@ from llmesr.models.chunking import plan_chunks
 from llmesr.models.config import ModelConfig, TrainConfig, configs_from_dict, configs_to_dict
 from llmesr.models.distill import SelfDistillation
 from llmesr.models.recommender import SequentialRecommender
+from llmesr.models.views import densify_grads
 from llmesr.training.batches import BatchBuilder, TrainView, eval_inputs, to_tensors
 from llmesr.training.checkpoint import (load_training_state, load_weights, save_training_state,
                                         save_weights)
@@ -136,6 +137,8 @@ class Trainer:
         torch.manual_seed(tcfg.seed)
         self.rng = np.random.default_rng(tcfg.seed)
         self.model = SequentialRecommender(mcfg, self.ds.num_items, llm, pca).to(self.device)
+        if self.model.co is not None:
+            self.model.co.sparse_grads = True     # densified before each Adam step
         self.llm_dim = None if llm is None else int(llm.shape[1])
         self.pca_dim = None if pca is None else int(pca.shape[1])
         params = [p for p in self.model.parameters() if p.requires_grad]
@@ -280,6 +283,7 @@ class Trainer:
         """One optimiser step on ``loss``; returns ``parts`` with the total as ``loss``."""
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        densify_grads(self.model.parameters())
         self.optimizer.step()
         parts["loss"] = float(loss.detach())
         return parts
