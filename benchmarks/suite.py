@@ -143,7 +143,8 @@ def main() -> None:
     ap.add_argument("--backbones", nargs="+", default=["sasrec", "bert4rec", "gru4rec"])
     ap.add_argument("--presets", nargs="+", default=["paper", "default"])
     ap.add_argument("--steps", type=int, default=10)
-    ap.add_argument("--eval-models", nargs="+", default=["id", "llmesr"])
+    ap.add_argument("--eval-models", nargs="*", default=["id", "llmesr"],
+                    help="models to time evaluation for (none: skip)")
     ap.add_argument("--embed-texts", type=int, default=2000, help="0 = skip")
     ap.add_argument("--no-train-process", dest="train_process", action="store_false",
                     help="skip the one-epoch `llmesr train` process (time and peak memory)")
