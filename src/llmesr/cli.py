@@ -250,6 +250,76 @@ def build_parser() -> argparse.ArgumentParser:
     rpr.add_argument("--out", required=True, help="output folder")
     rpr.add_argument("--quiet", action="store_true")
 
+    rc = sub.add_parser(
+        "recommend", help="top-k items for a history of item ids (JSON out)",
+        description="Load a trained run and print the top-k items for a history of raw item "
+                    "ids (oldest first) as JSON: ids, scores and titles, the ids the run does "
+                    "not know (left out), and a popularity fallback when none is known. "
+                    "--batch reads many histories, one JSON list per line, and prints one "
+                    "JSON result per line.",
+        epilog="examples:\n  llmesr recommend runs/llmesr --history 171,1345,912 -k 5\n"
+               "  llmesr recommend runs/llmesr --batch histories.jsonl > top10.jsonl",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    rc.add_argument("run", help="run directory written by 'llmesr train'")
+    src = rc.add_mutually_exclusive_group(required=True)
+    src.add_argument("--history", help="comma-separated raw item ids, oldest first")
+    src.add_argument("--batch", metavar="FILE",
+                     help="JSON lines, each a list of item ids ('-' = standard input)")
+    rc.add_argument("-k", type=int, default=10, help="how many items (default 10)")
+    rc.add_argument("--include-seen", action="store_true",
+                    help="allow items of the history in the results")
+    rc.add_argument("--data", help="the run's dataset directory (only for runs trained before "
+                                   "llmesr 0.1 wrote serving bundles, when it moved)")
+    rc.add_argument("--device", default="cpu", help="cpu | cuda | auto (default cpu)")
+
+    ai = sub.add_parser(
+        "add-items", help="add items to a trained run by their text (cold start)",
+        description="Embed new items with the run's text encoder and prompt template, give "
+                    "them a semantic embedding through the trained adapter and a "
+                    "collaborative one by the PCA that initialised training, and save them "
+                    "with the run (RUN_DIR/added_items/). They can be recommended at once, "
+                    "without retraining. FILE holds JSON objects, one per line (or one JSON "
+                    "list): an 'id' and the run's text fields (e.g. 'title'), or 'text' (the "
+                    "exact text to embed), or 'embedding' (a vector from the run's encoder).",
+        epilog='example:\n  echo \'{"id": "NEW-1", "title": "argan oil shampoo"}\' | '
+               "llmesr add-items runs/llmesr -",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    ai.add_argument("run", help="run directory written by 'llmesr train'")
+    ai.add_argument("file", help="items as JSON lines or a JSON list ('-' = standard input)")
+    ai.add_argument("--collaborative", default="pca", choices=("pca", "mapped", "zero"),
+                    help="collaborative embedding of new items: pca (the projection that "
+                         "initialised training; default), mapped (least squares onto the "
+                         "trained table) or zero")
+    ai.add_argument("--data", help="the run's dataset directory (old runs only, see recommend)")
+
+    sv = sub.add_parser(
+        "serve", help="serve a trained run over HTTP (FastAPI)",
+        description="An HTTP API for a trained run: POST /recommend, POST /items (cold "
+                    "start), GET /items/{id}, GET /health; OpenAPI docs at /docs. It listens "
+                    "on 127.0.0.1 unless --host says otherwise (the API has no "
+                    "authentication). Concurrent requests are batched into one forward pass.",
+        epilog="examples:\n  llmesr serve runs/llmesr\n"
+               "  llmesr serve runs/llmesr --port 9000 --max-k 100\n"
+               "  curl -s localhost:8000/recommend -H 'content-type: application/json' "
+               "-d '{\"history\": [\"171\", \"1345\"], \"k\": 5}'",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    sv.add_argument("run", help="run directory written by 'llmesr train'")
+    sv.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    sv.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    sv.add_argument("--max-history", type=int, default=1000,
+                    help="most items in one history (default 1000)")
+    sv.add_argument("--max-k", type=int, default=1000, help="largest k (default 1000)")
+    sv.add_argument("--max-batch", type=int, default=256,
+                    help="most histories in one request (default 256)")
+    sv.add_argument("--max-new-items", type=int, default=1000,
+                    help="most items in one POST /items (default 1000)")
+    sv.add_argument("--max-body-bytes", type=int, default=1_000_000,
+                    help="largest request body (default 1000000)")
+    sv.add_argument("--device", default="cpu", help="cpu | cuda | auto (default cpu)")
+    sv.add_argument("--data", help="the run's dataset directory (old runs only, see recommend)")
+    sv.add_argument("--log-level", default="info",
+                    choices=("critical", "error", "warning", "info", "debug"))
+
     ds = sub.add_parser("datasets", help="list the named datasets and the input formats")
     ds.add_argument("--json", action="store_true")
 
@@ -447,6 +517,83 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _json_records(path: str, what: str) -> list[Any]:
+    """A JSON list, or JSON lines (one value per line), from a file or '-' (stdin)."""
+    text = sys.stdin.read() if path == "-" else Path(path).read_text(encoding="utf-8")
+    name = "standard input" if path == "-" else path
+    try:       # one JSON list of records (objects, or lists for histories)
+        whole = json.loads(text)
+        if isinstance(whole, list) and whole and all(
+                isinstance(r, dict if what == "items" else list) for r in whole):
+            return whole
+    except json.JSONDecodeError:
+        pass
+    out = []
+    for n, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError as e:
+            raise LlmesrError(f"{name} line {n}: not valid JSON ({e.msg}); give one {what[:-1]} "
+                              "per line") from None
+    if not out:
+        raise LlmesrError(f"{name} holds no {what}")
+    return out
+
+
+def cmd_recommend(args: argparse.Namespace) -> int:
+    from llmesr.serving import Recommender
+
+    if args.k < 1:
+        raise LlmesrError("-k must be at least 1")
+    if args.history is not None:
+        histories = [[i.strip() for i in args.history.split(",") if i.strip()]]
+    else:
+        histories = _json_records(args.batch, "histories")
+        for n, h in enumerate(histories, 1):
+            if not isinstance(h, list):
+                raise LlmesrError(f"{args.batch} line {n}: a history is a JSON list of ids")
+    rec = Recommender.load(args.run, device=args.device, data_dir=args.data)
+    results = rec.recommend_batch(histories, args.k, not args.include_seen)
+    if args.history is not None:
+        print(json.dumps(results[0].to_dict(), indent=2, ensure_ascii=False))
+    else:
+        for r in results:
+            print(json.dumps(r.to_dict(), ensure_ascii=False))
+    return 0
+
+
+def cmd_add_items(args: argparse.Namespace) -> int:
+    from llmesr.serving import Recommender
+
+    items = _json_records(args.file, "items")
+    rec = Recommender.load(args.run, data_dir=args.data)
+    added = rec.add_items(items, args.collaborative)
+    print(f"added {len(added):,} item(s) to {args.run}; it now has {rec.num_items:,} items "
+          f"({rec.num_added:,} added)")
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from llmesr.serving.app import Limits, serve
+
+    limits = Limits(max_history=args.max_history, max_k=args.max_k, max_batch=args.max_batch,
+                    max_new_items=args.max_new_items, max_body_bytes=args.max_body_bytes)
+    for name, value in vars(limits).items():
+        if value < 1:
+            raise LlmesrError(f"--{name.replace('_', '-')} must be at least 1")
+    if not 0 < args.port < 65536:
+        raise LlmesrError("--port must be between 1 and 65535")
+    if args.data:
+        from llmesr.serving.bundle import load_bundle
+
+        load_bundle(args.run, args.data)
+    serve(args.run, args.host, args.port, limits=limits, device=args.device,
+          log_level=args.log_level)
+    return 0
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     from llmesr.evaluation.report import write_report
 
@@ -548,7 +695,8 @@ def main(argv: list[str] | None = None) -> int:
     handlers = {"prepare": cmd_prepare, "info": cmd_info, "datasets": cmd_datasets,
                 "embed": cmd_embed, "import-authors": cmd_import_authors, "train": cmd_train,
                 "evaluate": cmd_evaluate, "report": cmd_report, "reproduce": cmd_reproduce,
-                "demo": cmd_demo}
+                "demo": cmd_demo, "recommend": cmd_recommend, "add-items": cmd_add_items,
+                "serve": cmd_serve}
     try:
         return handlers[args.command](args)
     except LlmesrError as e:

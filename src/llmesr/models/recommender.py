@@ -167,6 +167,36 @@ class SequentialRecommender(nn.Module):
                 parts.append(view.all() if ids is None else view(ids))
         return parts[0] if len(parts) == 1 else torch.cat(parts, dim=-1)
 
+    @property
+    def table_rows(self) -> int:
+        """Rows of the item tables: N + 2, plus any items added by :meth:`append_items`."""
+        return int(self.co.embedding.num_embeddings if self.co is not None else len(self.se.llm))
+
+    def append_items(self, llm: torch.Tensor | None, co: torch.Tensor | None) -> range:
+        """Add M items without training (cold start, for serving): their LLM embeddings
+        (M, D) for the semantic view and their collaborative rows (M, hidden) for the ID view,
+        each required when the model has that view. They get ids N + 2 ... N + 1 + M, after
+        the mask token; returns that range."""
+        start = self.table_rows
+        sizes = set()
+        for view, rows, what, dim in (
+                (self.co, co, "collaborative", self.cfg.hidden),
+                (self.se, llm, "LLM", None if self.se is None else self.se.llm.shape[1])):
+            if view is None:
+                continue
+            if rows is None or rows.ndim != 2 or rows.shape[1] != dim:
+                raise LlmesrError(f"this model needs the new items' {what} embeddings as an "
+                                  f"(M, {dim}) matrix, got "
+                                  f"{None if rows is None else tuple(rows.shape)}")
+            sizes.add(len(rows))
+        if len(sizes) != 1:
+            raise LlmesrError(f"the new items' embeddings have different counts: {sorted(sizes)}")
+        if self.co is not None:
+            self.co.append(co)
+        if self.se is not None:
+            self.se.append(llm)
+        return range(start, start + sizes.pop())
+
     # ---- scoring ---------------------------------------------------------------------------
     def score_all(self, seq: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
         """(B, N + 2) scores; columns 0 and N + 1 are padding and mask (callers exclude them)."""

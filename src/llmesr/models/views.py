@@ -67,6 +67,14 @@ class IDView(nn.Module):
     def all(self) -> torch.Tensor:
         return self.embedding.weight
 
+    def append(self, rows: torch.Tensor) -> None:
+        """Add rows (M, hidden) at the end of the table (cold-start items, serving only)."""
+        w = self.embedding.weight
+        with torch.no_grad():
+            table = torch.cat([w.detach(), rows.to(device=w.device, dtype=w.dtype)])
+        self.embedding.weight = nn.Parameter(table, requires_grad=w.requires_grad)
+        self.embedding.num_embeddings = len(table)
+
 
 class SemanticView(nn.Module):
     """g(E_llm[i]): the LLM table (a buffer when frozen, so never in the optimiser) + adapter.
@@ -102,6 +110,13 @@ class SemanticView(nn.Module):
 
     def all(self) -> torch.Tensor:
         return self.adapter(self.llm)
+
+    def append(self, llm_rows: torch.Tensor) -> None:
+        """Add LLM embeddings (M, D) at the end of the table (cold-start items, serving only)."""
+        with torch.no_grad():
+            table = torch.cat([self.llm.detach(),
+                               llm_rows.to(device=self.llm.device, dtype=self.llm.dtype)])
+        self.llm = table if self.frozen else nn.Parameter(table)
 
 
 def densify_grads(params) -> None:

@@ -247,3 +247,35 @@ def make_encoder(spec: str | None = None, **options: Any) -> TextEncoder:
     if spec.startswith("st:"):
         spec = spec[3:]
     return SentenceTransformerEncoder(spec, **options)
+
+
+def encoder_from_description(desc: dict[str, Any]) -> TextEncoder:
+    """Rebuild the encoder an embedding manifest describes (its ``encoder`` entry), to embed new
+    texts exactly as the dataset's were. Raises when it cannot be rebuilt, or when the rebuilt
+    encoder's identity differs from the recorded one (another model version: its vectors would
+    not match the trained ones)."""
+    name = desc.get("name")
+    if name == "hash":
+        enc: TextEncoder = HashingEncoder(dim=int(desc["dim"]))
+    elif name == "sentence-transformers":
+        model = desc.get("model")
+        enc = SentenceTransformerEncoder(None if model == DEFAULT_MODEL else model,
+                                         batch_size=int(desc.get("batch_size") or 64),
+                                         normalize=bool(desc.get("normalize")),
+                                         max_seq_length=desc.get("max_seq_length"))
+    elif name == "openai":
+        from llmesr.semantic.openai_api import OpenAIEncoder
+
+        enc = OpenAIEncoder(model=desc["model"], base_url=desc.get("base_url"),
+                            api_key_env=desc.get("api_key_env") or "OPENAI_API_KEY",
+                            batch_size=int(desc.get("batch_size") or 64), dim=desc.get("dim"),
+                            dimensions=desc.get("dimensions"))
+    else:
+        raise LlmesrError(f"the embeddings were made by {name!r} (e.g. imported), which llmesr "
+                          "cannot run: give new items their 'embedding' vectors instead of text")
+    recorded = desc.get("identity")
+    if recorded and enc.identity != recorded:
+        raise LlmesrError(f"the text encoder here ({enc.identity}) is not the one that embedded "
+                          f"the training items ({recorded}); install that model version, or give "
+                          "new items their 'embedding' vectors")
+    return enc

@@ -10,6 +10,7 @@ Run directory::
       tensorboard/         the same as TensorBoard events (when tensorboard is installed)
       checkpoint/          the last epoch's model, optimizer, counters and RNG states (resume)
       metrics.json         test (and best validation) metrics by protocol and group
+      bundle/              item table, PCA and encoder settings for serving (llmesr.serving)
       ranks_test_<protocol>.npy   per-user ranks, for significance tests
 """
 
@@ -36,6 +37,7 @@ from llmesr.models.config import ModelConfig, TrainConfig, configs_from_dict, co
 from llmesr.models.distill import SelfDistillation
 from llmesr.models.recommender import SequentialRecommender
 from llmesr.models.views import densify_grads
+from llmesr.serving.bundle import write_bundle
 from llmesr.training.batches import BatchBuilder, TrainView, eval_inputs, to_tensors
 from llmesr.training.checkpoint import (load_training_state, load_weights, save_training_state,
                                         save_weights)
@@ -291,6 +293,7 @@ class Trainer:
     def fit(self) -> dict[str, Any]:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self._write_config()
+        write_bundle(self.run_dir, self.data_dir, self.sem_dir)   # serving needs only run_dir
         state = {"epoch": 0, "best_score": -1.0, "best_epoch": 0, "bad_epochs": 0,
                  "train_seconds": 0.0, "history": []}
         if self.resume:

@@ -1,0 +1,545 @@
+"""Recommend from a trained run, and add items to it by text (cold start).
+
+::
+
+    from llmesr.serving import Recommender
+
+    rec = Recommender.load("runs/llmesr")
+    r = rec.recommend(["B0009RF9DW", "B000FOI48G"], k=10)
+    r.ids, r.scores, r.titles, r.unknown
+    rec.add_items([{"id": "NEW-1", "title": "Argan oil shampoo, 250 ml"}])
+
+Ids are the source data's raw item ids. A history is in chronological order; ids the run does
+not know are reported in ``unknown`` and left out, never mapped to something else. A history
+with no known item gets the most popular items, flagged ``fallback="popularity"``.
+
+Cold start: an item that was never trained on still has a text, hence an LLM embedding. Its
+semantic embedding is that vector through the trained adapter; its collaborative embedding is
+the PCA projection that initialised the collaborative table (``collaborative="pca"``, the
+default), or a least-squares map from LLM embeddings to the *trained* collaborative table
+(``"mapped"``), or zero (``"zero"``). Added items are saved in ``RUN_DIR/added_items/``
+(written whole to a temporary folder, then renamed) and come back on every load.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+
+from llmesr.data.io import atomic_directory, write_json_atomic
+from llmesr.errors import LlmesrError
+from llmesr.semantic.prompts import PromptBuilder, PromptConfig, resolve_columns
+from llmesr.serving.bundle import Bundle, load_bundle
+from llmesr.training.batches import eval_inputs
+from llmesr.training.trainer import load_run, resolve_device
+
+ADDED = "added_items"
+COLLABORATIVE = ("pca", "mapped", "zero")
+_RESERVED = ("id", "text", "embedding")
+
+
+class ItemExistsError(LlmesrError):
+    """An added item's id is already in the run (trained or added)."""
+
+
+class ColdStartUnavailable(LlmesrError):
+    """The run's model cannot place new items (an ID-only model)."""
+
+
+@dataclass
+class Recommendation:
+    """Top-k for one history. ``used`` counts the history's known items that were used (the
+    model reads at most ``max_len`` of them); ``fallback`` is ``"popularity"`` when none was
+    known."""
+
+    ids: list[str]
+    scores: list[float]
+    titles: list[str | None]
+    unknown: list[str] = field(default_factory=list)
+    used: int = 0
+    fallback: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"items": [{"id": i, "score": s, "title": t}
+                          for i, s, t in zip(self.ids, self.scores, self.titles)],
+                "unknown": self.unknown, "used": self.used, "fallback": self.fallback}
+
+
+def _raw(value: Any) -> str:
+    """A raw id as the item table stores it (a string); ints are accepted as their digits."""
+    if isinstance(value, bool) or not isinstance(value, (str, int, np.integer)):
+        raise LlmesrError(f"item ids are strings (or integers), got {type(value).__name__} "
+                          f"{value!r}")
+    return str(value)
+
+
+class Recommender:
+    """A trained run, ready to recommend. Thread-safe: calls are serialised by a lock."""
+
+    def __init__(self, run_dir: Path, model, config: dict[str, Any], bundle: Bundle,
+                 device: torch.device):
+        self.run_dir = run_dir
+        self.model = model
+        self.config = config
+        self.bundle = bundle
+        self.device = device
+        self.mcfg = model.cfg
+        self.num_trained = model.num_items
+        self._lock = threading.RLock()
+        self._encoder = None
+        self._mapping: torch.Tensor | None = None
+        items = bundle.items
+        if len(items) != self.num_trained:
+            raise LlmesrError(f"{bundle.folder} lists {len(items)} items but the model has "
+                              f"{self.num_trained}; the bundle belongs to another run")
+        # model ids: 0 padding, 1..N trained items, N + 1 the mask token, N + 2... added items
+        self._raw = [""] + items["raw_id"].astype(str).tolist() + [""]
+        self._titles = [None] + self._title_column(items) + [None]
+        self._popularity = np.concatenate([[0], items["popularity"].to_numpy(np.float64), [0]]) \
+            if "popularity" in items.columns else np.zeros(self.num_trained + 2)
+        self._index = {r: i for i, r in enumerate(self._raw) if r}
+        self._added = self._read_added()
+        if self._added is not None:
+            self._append(self._added["llm"], self._added["items"], self._added["co"])
+        self._refresh()
+
+    # ---- loading ---------------------------------------------------------------------------
+    @classmethod
+    def load(cls, run_dir: str | Path, *, device: str = "cpu",
+             data_dir: str | Path | None = None) -> "Recommender":
+        """Load a run directory (config.json, model.safetensors, bundle/, added_items/).
+
+        ``data_dir`` is needed only once, for a run trained before llmesr wrote bundles, when
+        its dataset has moved."""
+        run_dir = Path(run_dir)
+        if not (run_dir / "config.json").is_file():
+            raise LlmesrError(f"{run_dir} is not a run directory (no config.json)")
+        if not (run_dir / "model.safetensors").is_file():
+            raise LlmesrError(f"{run_dir} has no trained weights (model.safetensors); train it "
+                              "first")
+        dev = resolve_device(device)
+        model, cfg = load_run(run_dir, str(dev))
+        bundle = load_bundle(run_dir, data_dir)
+        return cls(run_dir, model, cfg, bundle, dev)
+
+    def _title_column(self, items: pd.DataFrame) -> list[str | None]:
+        sem = self.bundle.semantic
+        prompt = PromptConfig(**sem["prompt"]) if sem and sem.get("prompt") else PromptConfig()
+        cols = [c for c in items.columns if c not in ("item_id", "raw_id", "popularity",
+                                                      "tail_item")]
+        try:
+            col = resolve_columns(cols, prompt).get("title")
+        except LlmesrError:
+            col = "title" if "title" in cols else None
+        if col is None:
+            return [None] * len(items)
+        return [None if v is None or (isinstance(v, float) and np.isnan(v)) else str(v)
+                for v in items[col].tolist()]
+
+    # ---- properties ------------------------------------------------------------------------
+    @property
+    def num_items(self) -> int:
+        """Items that can be recommended: trained plus added."""
+        return len(self._index)
+
+    def __contains__(self, raw_id: Any) -> bool:
+        """Whether the run knows this raw item id (trained or added)."""
+        return str(raw_id) in self._index
+
+    @property
+    def num_added(self) -> int:
+        return self.num_items - self.num_trained
+
+    @property
+    def can_add_items(self) -> bool:
+        return self.mcfg.model != "id"
+
+    def describe(self) -> dict[str, Any]:
+        m = self.mcfg
+        return {"run": str(self.run_dir), "model": m.model, "backbone": m.backbone,
+                "dataset": self.bundle.manifest["dataset"]["name"],
+                "items": self.num_items, "trained_items": self.num_trained,
+                "added_items": self.num_added, "max_len": m.max_len,
+                "device": str(self.device), "cold_start": self.can_add_items}
+
+    # ---- recommending ----------------------------------------------------------------------
+    def recommend(self, history: Sequence[Any], k: int = 10, exclude_seen: bool = True
+                  ) -> Recommendation:
+        """Top-``k`` items for one history of raw item ids (oldest first)."""
+        return self.recommend_batch([history], k, exclude_seen)[0]
+
+    def recommend_batch(self, histories: Sequence[Sequence[Any]], k: int | Sequence[int] = 10,
+                        exclude_seen: bool | Sequence[bool] = True) -> list[Recommendation]:
+        """Top-k for many histories in one forward pass. ``k`` and ``exclude_seen`` may be
+        one value or one per history. ``k`` above the catalogue size gives the whole
+        catalogue."""
+        n = len(histories)
+        ks = list(k) if isinstance(k, (list, tuple, np.ndarray)) else [k] * n
+        ex = list(exclude_seen) if isinstance(exclude_seen, (list, tuple, np.ndarray)) else \
+            [exclude_seen] * n
+        if len(ks) != n or len(ex) != n:
+            raise LlmesrError("give one k and one exclude_seen per history, or a single value")
+        for kk in ks:
+            if isinstance(kk, bool) or not isinstance(kk, (int, np.integer)) or kk < 1:
+                raise LlmesrError(f"k must be a positive integer, got {kk!r}")
+        for e in ex:
+            if not isinstance(e, (bool, np.bool_)):
+                raise LlmesrError(f"exclude_seen must be true or false, got {e!r}")
+        mapped = [self._map(h) for h in histories]
+        if n == 0:
+            return []
+        with self._lock, torch.no_grad():
+            known = [i for i, (ids, _) in enumerate(mapped) if ids]
+            scores = torch.empty(0)
+            if known:
+                scores = self._scores([mapped[i][0] for i in known])
+            top_k = min(max(ks), self.num_items)
+            out: list[Recommendation] = [None] * n  # type: ignore[list-item]
+            row_of = {i: r for r, i in enumerate(known)}
+            for i, (ids, unknown) in enumerate(mapped):
+                kk = min(ks[i], self.num_items)
+                if i in row_of:
+                    s = scores[row_of[i]]
+                    fallback = None
+                else:
+                    s = self._pop_scores.clone()
+                    fallback = "popularity"
+                if ex[i] and ids:
+                    s[torch.as_tensor(ids, dtype=torch.long)] = float("-inf")
+                vals, idx = torch.topk(s, min(top_k, len(s)))
+                keep = torch.isfinite(vals)
+                vals, idx = vals[keep][:kk].tolist(), idx[keep][:kk].tolist()
+                out[i] = Recommendation(
+                    ids=[self._raw[j] for j in idx], scores=[float(v) for v in vals],
+                    titles=[self._titles[j] for j in idx], unknown=unknown,
+                    used=min(len(ids), self.mcfg.max_len), fallback=fallback)
+            return out
+
+    def ranks(self, histories: Sequence[Sequence[Any]], targets: Sequence[Any],
+              batch_size: int = 512) -> np.ndarray:
+        """0-based rank of each target among all items (trained and added) for its history,
+        ties counted against the target (the evaluation protocol's pessimistic rule); -1 when
+        the target is unknown. Histories with no known item are ranked by popularity."""
+        if len(histories) != len(targets):
+            raise LlmesrError("give one target per history")
+        out = np.full(len(targets), -1, dtype=np.int64)
+        for lo in range(0, len(targets), batch_size):
+            hi = min(lo + batch_size, len(targets))
+            mapped = [self._map(h)[0] for h in histories[lo:hi]]
+            tgt = [self._index.get(_raw(t), -1) for t in targets[lo:hi]]
+            with self._lock, torch.no_grad():
+                known = [i for i, ids in enumerate(mapped) if ids]
+                s = self._pop_scores.repeat(hi - lo, 1)
+                if known:
+                    s[known] = self._scores([mapped[i] for i in known])
+            for i, t in enumerate(tgt):
+                if t >= 0:
+                    out[lo + i] = int((s[i] >= s[i, t]).sum()) - 1
+        return out
+
+    def _map(self, history: Iterable[Any]) -> tuple[list[int], list[str]]:
+        if isinstance(history, (str, bytes)):
+            raise LlmesrError("a history is a list of item ids, not one string")
+        ids, unknown = [], []
+        for v in history:
+            raw = _raw(v)
+            j = self._index.get(raw)
+            if j is None:
+                unknown.append(raw)
+            else:
+                ids.append(j)
+        return ids, unknown
+
+    def _scores(self, histories: list[list[int]]) -> torch.Tensor:
+        """(B, rows) scores, -inf where an id is not an item; float32 on the CPU."""
+        lengths = np.array([len(h) for h in histories], dtype=np.int64)
+        flat = np.fromiter((j for h in histories for j in h), dtype=np.int64,
+                           count=int(lengths.sum()))
+        starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
+        seq, pos = eval_inputs(flat, starts, lengths, self.mcfg.max_len, self.mcfg.backbone,
+                               self.num_trained + 1)
+        seq_t = torch.from_numpy(seq).to(self.device)
+        pos_t = torch.from_numpy(pos).to(self.device)
+        u = self.model.user_states_grouped(seq_t, pos_t)
+        s = (u @ self._table.T).float().cpu()
+        s[:, self._invalid] = float("-inf")
+        return s
+
+    def _refresh(self) -> None:
+        """Recompute the candidate table after the item tables changed."""
+        with torch.no_grad():
+            self._table = self.model.item_embeddings()
+        rows = self._table.shape[0]
+        self._invalid = torch.tensor([0, self.num_trained + 1], dtype=torch.long)
+        pop = np.zeros(rows)
+        pop[:len(self._popularity)] = self._popularity
+        pop_t = torch.from_numpy(pop).float()
+        pop_t[self._invalid] = float("-inf")
+        self._pop_scores = pop_t
+
+    # ---- items -----------------------------------------------------------------------------
+    def item(self, raw_id: Any) -> dict[str, Any]:
+        """What the run knows of an item; raises :class:`KeyError` for an unknown id."""
+        raw = _raw(raw_id)
+        j = self._index.get(raw)
+        if j is None:
+            raise KeyError(raw)
+        if j <= self.num_trained:
+            row = self.bundle.items.iloc[j - 1]
+            fields = {c: _jsonable(row[c]) for c in self.bundle.text_fields if c in row}
+            return {"id": raw, "title": self._titles[j], "added": False,
+                    "popularity": int(self._popularity[j]),
+                    "tail_item": bool(row["tail_item"]) if "tail_item" in row else None,
+                    "fields": fields}
+        a = self._added["items"].iloc[j - self.num_trained - 2]
+        return {"id": raw, "title": self._titles[j], "added": True, "popularity": 0,
+                "tail_item": True, "fields": json.loads(a["fields"]), "text": a["text"],
+                "added_at": a["added_at"]}
+
+    def add_items(self, items: Sequence[dict[str, Any]], collaborative: str = "pca", *,
+                  persist: bool = True) -> list[str]:
+        """Make new items recommendable without retraining; returns their ids.
+
+        Each item is a dict with ``id`` and either item fields (the run's text fields, e.g.
+        ``title``), which are turned into the same prompt the training items had, or ``text``
+        (the exact text to embed), or ``embedding`` (a vector from the run's encoder).
+        Nothing is added unless every item is valid; the run directory is updated atomically
+        before the items become visible (``persist=False``: in memory only, for experiments).
+        Raises :class:`ItemExistsError` for an id the run already has, :class:`LlmesrError`
+        for any other problem.
+        """
+        if collaborative not in COLLABORATIVE:
+            raise LlmesrError(f"collaborative must be one of {', '.join(COLLABORATIVE)}")
+        if not self.can_add_items:
+            raise ColdStartUnavailable("this run is an ID-only model: it has no text embeddings, so it "
+                              "cannot place new items; train llminit or llmesr for cold start")
+        if not items:
+            raise LlmesrError("no items to add")
+        rows = self._validate_new(items)
+        # Embedding may take seconds: done outside the lock, so recommendations go on.
+        llm = self._llm_vectors(rows)
+        co = self._collaborative(llm, collaborative)
+        table = pd.DataFrame({
+            "raw_id": [r["id"] for r in rows],
+            "title": [r["title"] for r in rows],
+            "text": [r["text"] for r in rows],
+            "fields": [json.dumps(r["fields"], ensure_ascii=False) for r in rows],
+            "collaborative": collaborative,
+            "added_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
+        with self._lock:
+            taken = [r for r in table["raw_id"] if r in self._index]
+            if taken:      # added by another call meanwhile
+                raise ItemExistsError(f"item {taken[0]!r} already exists")
+            if persist:
+                old = self._added
+                merged = {"items": table if old is None else pd.concat(
+                              [old["items"], table], ignore_index=True),
+                          "llm": llm if old is None else np.concatenate([old["llm"], llm]),
+                          "co": co if old is None or co is None else np.concatenate(
+                              [old["co"], co])}
+                self._write_added(merged)   # on disk first: a failure leaves memory as it was
+                self._added = merged
+            self._append(llm, table, co)
+            self._refresh()
+            return table["raw_id"].tolist()
+
+    def _validate_new(self, items: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+        allowed = set(self.bundle.text_fields)
+        rows, seen = [], set()
+        for n, item in enumerate(items):
+            where = f"item {n}"
+            if not isinstance(item, dict):
+                raise LlmesrError(f"{where}: an item is an object with an 'id', got "
+                                  f"{type(item).__name__}")
+            if "id" not in item:
+                raise LlmesrError(f"{where}: 'id' is missing")
+            raw = _raw(item["id"])
+            where = f"item {raw!r}"
+            if not raw.strip():
+                raise LlmesrError(f"item {n}: 'id' is empty")
+            if raw in self._index or raw in seen:
+                raise ItemExistsError(f"{where} already exists")
+            seen.add(raw)
+            fields = {k: v for k, v in item.items() if k not in _RESERVED}
+            bad = sorted(set(fields) - allowed)
+            if bad:
+                raise LlmesrError(f"{where}: unknown field(s) {bad}; this run's items have "
+                                  f"{sorted(allowed) or 'no text fields'} (or give 'text' or "
+                                  "'embedding')")
+            for k, v in fields.items():
+                if v is not None and not isinstance(v, (str, int, float, list)):
+                    raise LlmesrError(f"{where}: field {k!r} must be text, a number or a list")
+            text = item.get("text")
+            if text is not None and (not isinstance(text, str) or not text.strip()):
+                raise LlmesrError(f"{where}: 'text' must be a non-empty string")
+            emb = item.get("embedding")
+            if emb is not None:
+                emb = self._check_embedding(emb, where)
+            if text is None and emb is None and not any(
+                    v not in (None, "", []) for v in fields.values()):
+                raise LlmesrError(f"{where} has no text: give at least one of "
+                                  f"{sorted(allowed)}, 'text' or 'embedding'")
+            rows.append({"id": raw, "fields": fields, "text": text, "embedding": emb})
+        self._prompts(rows)
+        return rows
+
+    def _check_embedding(self, emb: Any, where: str) -> np.ndarray:
+        dim = self._llm_dim()
+        try:
+            vec = np.asarray(emb, dtype=np.float32)
+        except (TypeError, ValueError):
+            raise LlmesrError(f"{where}: 'embedding' must be a list of numbers") from None
+        if vec.shape != (dim,):
+            raise LlmesrError(f"{where}: 'embedding' has shape {vec.shape}, this run's "
+                              f"embeddings have {dim} dimensions")
+        if not np.isfinite(vec).all():
+            raise LlmesrError(f"{where}: 'embedding' has non-finite values")
+        return vec
+
+    def _llm_dim(self) -> int:
+        dim = self.config.get("llm_dim")
+        if not dim:
+            raise LlmesrError("this run has no LLM embeddings")
+        return int(dim)
+
+    def _prompts(self, rows: list[dict[str, Any]]) -> None:
+        """Fill each row's ``text`` (the prompt the training items' template gives) and
+        ``title``."""
+        sem = self.bundle.semantic or {}
+        cfg = PromptConfig(**sem["prompt"]) if sem.get("prompt") else PromptConfig()
+        cols = ["item_id", "raw_id", *self.bundle.text_fields]
+        frame = pd.DataFrame([{**{c: None for c in cols}, **r["fields"], "raw_id": r["id"]}
+                              for r in rows], columns=cols)
+        builder = PromptBuilder(frame, cfg)
+        titles = builder.titles()
+        for r, record, title in zip(rows, frame.to_dict("records"), titles):
+            r["title"] = title
+            if r["text"] is None and r["embedding"] is None:
+                r["text"] = builder.item_prompt(record)
+
+    def _llm_vectors(self, rows: list[dict[str, Any]]) -> np.ndarray:
+        dim = self._llm_dim()
+        out = np.zeros((len(rows), dim), dtype=np.float32)
+        todo = [i for i, r in enumerate(rows) if r["embedding"] is None]
+        for i, r in enumerate(rows):
+            if r["embedding"] is not None:
+                out[i] = r["embedding"]
+        if todo:
+            vectors = self.encoder().encode([rows[i]["text"] for i in todo])
+            if vectors.shape[1] != dim:
+                raise LlmesrError(f"the encoder gives {vectors.shape[1]}-d vectors but the run "
+                                  f"was trained on {dim}-d embeddings")
+            out[todo] = vectors
+        return out
+
+    def encoder(self):
+        """The text encoder that embedded the training items (built on first use)."""
+        if self._encoder is None:
+            from llmesr.semantic.encoders import encoder_from_description
+
+            sem = self.bundle.semantic
+            if not sem or not sem.get("encoder"):
+                raise LlmesrError("the run records no text encoder: give new items their "
+                                  "'embedding' vectors")
+            self._encoder = encoder_from_description(sem["encoder"])
+        return self._encoder
+
+    def _collaborative(self, llm: np.ndarray, how: str) -> np.ndarray | None:
+        """(M, hidden) collaborative rows for new items, None when the model has no ID view."""
+        if self.model.co is None:
+            return None
+        hidden = self.mcfg.hidden
+        if how == "zero":
+            return np.zeros((len(llm), hidden), dtype=np.float32)
+        if how == "pca":
+            comps, mean = self.bundle.pca_components, self.bundle.pca_mean
+            if comps is None or mean is None:
+                raise LlmesrError("the run's embeddings have no PCA transform to place new "
+                                  "items; use collaborative='mapped' or 'zero'")
+            if comps.shape != (hidden, llm.shape[1]):
+                raise LlmesrError(f"the PCA transform maps {comps.shape[1]}-d to "
+                                  f"{comps.shape[0]}-d, the model needs {llm.shape[1]}-d to "
+                                  f"{hidden}-d")
+            return ((llm.astype(np.float64) - mean) @ comps.T.astype(np.float64)).astype(
+                np.float32)
+        return self._mapped(llm)
+
+    def _mapped(self, llm: np.ndarray) -> np.ndarray:
+        """Ridge regression from [LLM embedding, 1] to the trained collaborative rows, fitted
+        on the trained items (the map is fitted once per load)."""
+        if self._mapping is None:
+            with torch.no_grad():
+                x = self.model.se.llm[1:self.num_trained + 1].double().cpu() if \
+                    self.model.se is not None else None
+                if x is None:
+                    raise LlmesrError("'mapped' needs the LLM table, which this model lacks")
+                y = self.model.co.all()[1:self.num_trained + 1].double().cpu()
+                x1 = torch.cat([x, torch.ones(len(x), 1, dtype=x.dtype)], dim=1)
+                lam = 1e-3 * float((x1 * x1).sum()) / x1.shape[1]
+                gram = x1.T @ x1 + lam * torch.eye(x1.shape[1], dtype=x.dtype)
+                self._mapping = torch.linalg.solve(gram, x1.T @ y)
+        x = torch.from_numpy(llm).double()
+        x1 = torch.cat([x, torch.ones(len(x), 1, dtype=x.dtype)], dim=1)
+        return (x1 @ self._mapping).float().numpy()
+
+    def _append(self, llm: np.ndarray, table: pd.DataFrame, co: np.ndarray | None) -> None:
+        t = lambda a: None if a is None else torch.from_numpy(np.ascontiguousarray(a))  # noqa: E731
+        new = self.model.append_items(t(llm) if self.model.se is not None else None, t(co))
+        for j, (raw, title) in zip(new, zip(table["raw_id"], table["title"])):
+            self._raw.append(str(raw))
+            self._titles.append(None if title is None else str(title))
+            self._index[str(raw)] = j
+
+    # ---- persistence of added items ------------------------------------------------------
+    def _read_added(self) -> dict[str, Any] | None:
+        folder = self.run_dir / ADDED
+        if not (folder / "manifest.json").is_file():
+            return None
+        try:
+            items = pd.read_parquet(folder / "items.parquet")
+            llm = np.load(folder / "llm.npy", allow_pickle=False)
+            co = np.load(folder / "co.npy", allow_pickle=False) if (folder / "co.npy").is_file() \
+                else None
+        except (OSError, ValueError) as e:
+            raise LlmesrError(f"{folder} is corrupt ({e}); remove it to serve without the added "
+                              "items") from None
+        if len(items) != len(llm) or (co is not None and len(co) != len(llm)):
+            raise LlmesrError(f"{folder}: items.parquet and the embedding files disagree in "
+                              "length; remove the folder to serve without the added items")
+        if llm.shape[1] != self._llm_dim():
+            raise LlmesrError(f"{folder}: {llm.shape[1]}-d embeddings, the run has "
+                              f"{self._llm_dim()}-d")
+        dup = set(items["raw_id"].astype(str)) & set(self._index)
+        if dup:
+            raise LlmesrError(f"{folder}: added item(s) {sorted(dup)[:3]} clash with trained ids")
+        return {"items": items, "llm": llm, "co": co}
+
+    def _write_added(self, added: dict[str, Any]) -> None:
+        with atomic_directory(self.run_dir / ADDED, overwrite=True) as tmp:
+            added["items"].to_parquet(tmp / "items.parquet", index=False)
+            np.save(tmp / "llm.npy", added["llm"])
+            if added["co"] is not None:
+                np.save(tmp / "co.npy", added["co"])
+            write_json_atomic(tmp / "manifest.json", {
+                "kind": "llmesr-added-items", "format_version": 1,
+                "items": len(added["items"]), "llm_dim": int(added["llm"].shape[1])})
+
+
+def _jsonable(v: Any) -> Any:
+    if isinstance(v, np.ndarray):
+        return [_jsonable(x) for x in v.tolist()]
+    if isinstance(v, (np.integer,)):
+        return int(v)
+    if isinstance(v, (np.floating, float)):
+        return None if np.isnan(v) else float(v)
+    if isinstance(v, list):
+        return [_jsonable(x) for x in v]
+    return v
