@@ -268,6 +268,8 @@ def build_parser() -> argparse.ArgumentParser:
     rc.add_argument("-k", type=int, default=10, help="how many items (default 10)")
     rc.add_argument("--include-seen", action="store_true",
                     help="allow items of the history in the results")
+    rc.add_argument("--new-item-slots", type=int, default=0, metavar="N",
+                    help="keep N of the k places for items added after training (default 0)")
     rc.add_argument("--data", help="the run's dataset directory (only for runs trained before "
                                    "llmesr 0.1 wrote serving bundles, when it moved)")
     rc.add_argument("--device", default="cpu", help="cpu | cuda | auto (default cpu)")
@@ -286,10 +288,12 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter)
     ai.add_argument("run", help="run directory written by 'llmesr train'")
     ai.add_argument("file", help="items as JSON lines or a JSON list ('-' = standard input)")
-    ai.add_argument("--collaborative", default="pca", choices=("pca", "mapped", "zero"),
+    ai.add_argument("--collaborative", default="pca",
+                    choices=("pca", "neighbors", "mapped", "zero"),
                     help="collaborative embedding of new items: pca (the projection that "
-                         "initialised training; default), mapped (least squares onto the "
-                         "trained table) or zero")
+                         "initialised training; default), neighbors (similarity-weighted mean "
+                         "of the 10 trained items closest by text; LLM-ESR runs), mapped "
+                         "(least squares onto the trained table) or zero")
     ai.add_argument("--data", help="the run's dataset directory (old runs only, see recommend)")
 
     sv = sub.add_parser(
@@ -316,6 +320,9 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--max-body-bytes", type=int, default=1_000_000,
                     help="largest request body (default 1000000)")
     sv.add_argument("--device", default="cpu", help="cpu | cuda | auto (default cpu)")
+    sv.add_argument("--threads", type=int, default=1,
+                    help="torch threads for the model (default 1: concurrency comes from "
+                         "batching requests; 0 = all cores)")
     sv.add_argument("--data", help="the run's dataset directory (old runs only, see recommend)")
     sv.add_argument("--log-level", default="info",
                     choices=("critical", "error", "warning", "info", "debug"))
@@ -555,7 +562,8 @@ def cmd_recommend(args: argparse.Namespace) -> int:
             if not isinstance(h, list):
                 raise LlmesrError(f"{args.batch} line {n}: a history is a JSON list of ids")
     rec = Recommender.load(args.run, device=args.device, data_dir=args.data)
-    results = rec.recommend_batch(histories, args.k, not args.include_seen)
+    results = rec.recommend_batch(histories, args.k, not args.include_seen,
+                                  args.new_item_slots)
     if args.history is not None:
         print(json.dumps(results[0].to_dict(), indent=2, ensure_ascii=False))
     else:
@@ -585,12 +593,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
             raise LlmesrError(f"--{name.replace('_', '-')} must be at least 1")
     if not 0 < args.port < 65536:
         raise LlmesrError("--port must be between 1 and 65535")
+    if args.threads < 0:
+        raise LlmesrError("--threads must be 0 (all cores) or more")
     if args.data:
         from llmesr.serving.bundle import load_bundle
 
         load_bundle(args.run, args.data)
     serve(args.run, args.host, args.port, limits=limits, device=args.device,
-          log_level=args.log_level)
+          threads=args.threads or None, log_level=args.log_level)
     return 0
 
 

@@ -155,6 +155,8 @@ def test_unknown_items_and_empty_history(server, ds):
     ({"history": ["1"], "k": 10 ** 12}, f"less than or equal to {MAX_K}"),
     ({"history": ["1"], "exclude_seen": "yes"}, "valid boolean"),
     ({"history": ["1"], "extra": 1}, "Extra inputs"),
+    ({"history": ["1"], "k": 3, "new_item_slots": 4}, "cannot be more than k"),
+    ({"history": ["1"], "new_item_slots": -1}, "greater than or equal to 0"),
     ({}, "exactly one of"),
     ({"history": ["1"], "histories": [["1"]]}, "exactly one of"),
     ({"history": ["1"] * (MAX_HISTORY + 1)}, f"at most {MAX_HISTORY}"),
@@ -190,6 +192,9 @@ def test_cold_start_over_http(server, ds):
     assert status == 200 and item["added"] and item["title"] == "coconut lip balm"
     status, rec = client.call("POST", "/recommend", {"history": ["HTTP-1"], "k": 3})
     assert status == 200 and rec["unknown"] == [] and rec["fallback"] is None
+    status, rec = client.call("POST", "/recommend", {"history": _history(ds, 2, 3), "k": 5,
+                                                     "new_item_slots": 2})
+    assert status == 200 and {i["id"] for i in rec["items"]} >= {"HTTP-1", "424242"}
     assert client.call("POST", "/items", {"items": [{"id": "HTTP-1", "title": "x"}]})[0] == 409
     for bad, code in (({"items": []}, 422), ({"items": [{"title": "no id"}]}, 422),
                       ({"items": [{"id": "Z", "colour": "red"}]}, 422),

@@ -220,3 +220,42 @@ def test_broken_run_files_are_clear_errors(run_copy, beauty_subset, tmp_path):
         Recommender.load(run_copy)
     with pytest.raises(LlmesrError, match="not a run directory"):
         Recommender.load(tmp_path / "nowhere")
+
+
+def test_new_item_slots_make_room_for_added_items(run_copy, ds):
+    r = Recommender.load(run_copy)
+    history = _raw_history(ds, 6, 5)
+    plain = r.recommend(history, k=10)
+    assert r.recommend(history, k=10, new_item_slots=3).ids == plain.ids   # nothing added yet
+    titles = ["vanilla body lotion", "pink nail polish", "tea tree shampoo", "argan hair oil"]
+    r.add_items([{"id": f"S{i}", "title": t} for i, t in enumerate(titles)],
+                collaborative="neighbors")
+    full = r.recommend(history, k=r.num_items)
+    best_added = [i for i in full.ids if i.startswith("S")]
+    for slots in (1, 2, 4):
+        out = r.recommend(history, k=10, new_item_slots=slots)
+        added = [i for i in out.ids if i.startswith("S")]
+        assert added == best_added[:slots]                       # the best added items
+        trained = [i for i in out.ids if not i.startswith("S")]
+        assert trained == [i for i in full.ids if not i.startswith("S")][:10 - slots]
+        assert out.scores == sorted(out.scores, reverse=True) and len(out.ids) == 10
+        assert out.scores == pytest.approx([full.scores[full.ids.index(i)] for i in out.ids])
+    for bad in (-1, 11, 1.5):
+        with pytest.raises(LlmesrError, match="new_item_slots"):
+            r.recommend(history, k=10, new_item_slots=bad)
+
+
+def test_neighbors_rule_is_the_similarity_weighted_mean_of_the_closest_trained_items(run_copy):
+    r = Recommender.load(run_copy)
+    vec = HashingEncoder(dim=128).encode(["rose water face mist"])[0]
+    r.add_items([{"id": "NB", "embedding": vec.tolist()}], collaborative="neighbors")
+    n = r.num_trained
+    with torch.no_grad():
+        llm = r.model.se.llm[1:n + 1].numpy()
+        co = r.model.co.all()[1:n + 1].numpy()
+        got = r.model.co(torch.tensor([r.model_id("NB")]))[0].numpy()
+    sims = (llm / np.linalg.norm(llm, axis=1, keepdims=True)) @ (vec / np.linalg.norm(vec))
+    top = np.argsort(-sims, kind="stable")[:10]
+    w = np.clip(sims[top], 1e-6, None)
+    np.testing.assert_allclose(got, (w[:, None] * co[top]).sum(0) / w.sum(), rtol=1e-4,
+                               atol=1e-5)

@@ -16,7 +16,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
+from llmesr.data.artifact import load_dataset
 from llmesr.data.holdout import load_held_out
 from llmesr.errors import LlmesrError
 from llmesr.serving.recommender import COLLABORATIVE, Recommender
@@ -28,11 +30,34 @@ def _metrics(ranks: np.ndarray, k: int) -> dict[str, float]:
     return {f"HR@{k}": round(float(hit.mean()), 4), f"NDCG@{k}": round(float(ndcg.mean()), 4)}
 
 
+def _warm_cases(data_dir: str | Path) -> tuple[list[list[str]], list[str]]:
+    """The ordinary test cases of the (held-out) dataset: raw histories and targets."""
+    ds = load_dataset(data_dir)
+    users = ds.users
+    rows = np.flatnonzero(users["evaluated"].to_numpy())
+    raw = ds.item_table["raw_id"].astype(str).to_numpy()
+    lengths = users["length"].to_numpy()
+    hist = [raw[ds.sequence(int(u) + 1)[:lengths[u] - 1] - 1].tolist() for u in rows]
+    return hist, raw[users["test_item"].to_numpy()[rows] - 1].tolist()
+
+
+def _hit_rate(rec: Recommender, histories, targets, k: int, slots: int) -> float:
+    hits = 0
+    for lo in range(0, len(targets), 2048):
+        out = rec.recommend_batch(histories[lo:lo + 2048], k, False, slots)
+        hits += sum(t in r.ids for r, t in zip(out, targets[lo:lo + 2048]))
+    return round(hits / len(targets), 4)
+
+
 def evaluate_cold_start(run_dir: str | Path, held_out_data: str | Path, *,
                         methods: tuple[str, ...] = COLLABORATIVE, k: int = 10,
-                        device: str = "cpu") -> dict[str, Any]:
+                        slots: tuple[int, ...] = (1, 2), device: str = "cpu"
+                        ) -> dict[str, Any]:
     """Add the held-out items of ``held_out_data`` to ``run_dir`` (in memory only) with each
-    collaborative-embedding method and report HR@k / NDCG@k on their test cases."""
+    collaborative-embedding method and report, on their test cases, HR / NDCG at k (and at
+    50, 100), the targets' ranks among all items and among the added items only, and HR@k
+    when ``new_item_slots`` of the k places are kept for added items, with what those slots
+    cost on the ordinary (warm) test cases."""
     items, cases = load_held_out(held_out_data)
     if len(cases) == 0:
         raise LlmesrError(f"{held_out_data} has no held-out test cases")
@@ -40,12 +65,10 @@ def evaluate_cold_start(run_dir: str | Path, held_out_data: str | Path, *,
     targets = cases["target"].astype(str).tolist()
     tail = dict(zip(items["raw_id"].astype(str), items["tail_item"].astype(bool)))
     tail_case = np.array([tail[t] for t in targets])
-    fields = [c for c in items.columns if c not in ("item_id", "raw_id", "popularity",
-                                                    "tail_item")]
+    base = Recommender.load(run_dir, device=device)
+    fields = [c for c in items.columns if c in base.bundle.text_fields]
     new = [{"id": str(r["raw_id"]), **{c: _plain(r[c]) for c in fields}}
            for r in items.to_dict("records")]
-
-    base = Recommender.load(run_dir, device=device)
     known = [t for t in targets if t in base]
     if known:
         raise LlmesrError(f"{run_dir} already knows held-out item {known[0]!r}: it was not "
@@ -68,23 +91,48 @@ def evaluate_cold_start(run_dir: str | Path, held_out_data: str | Path, *,
             group: {m: round(full[group][m], 4) for m in (f"HR@{k}", f"NDCG@{k}")
                     if m in full[group]}
             for group in ("overall", "tail_item", "head_item") if group in full}
+    warm_h, warm_t = _warm_cases(held_out_data) if slots else ([], [])
+    if slots:
+        out["warm_cases"] = len(warm_t)
+        out["warm_HR@k_before_adding"] = _hit_rate(base, warm_h, warm_t, k, 0)
     for method in methods:
         rec = Recommender.load(run_dir, device=device)   # a fresh copy of the run per method
         t0 = time.perf_counter()
         rec.add_items(new, method, persist=False)
         add_seconds = time.perf_counter() - t0
         ranks = rec.ranks(histories, targets)
+        # rank among the added items only: how well the text orders the new items
+        rank_new = _rank_among_added(rec, histories, targets)
         added_ids = set(items["raw_id"].astype(str))
         top = rec.recommend_batch(histories, k, False)
         share = float(np.mean([sum(i in added_ids for i in r.ids) / k for r in top]))
-        out["methods"][method] = {
-            **_metrics(ranks, k),
-            "tail_items": _metrics(ranks[tail_case], k),
-            "head_items": _metrics(ranks[~tail_case], k),
-            "median_rank": int(np.median(ranks)) + 1,
-            "added_share_of_top_k": round(share, 4),
-            "add_seconds": round(add_seconds, 2)}
+        res = {**_metrics(ranks, k), **_metrics(ranks, 50), **_metrics(ranks, 100),
+               "tail_items": _metrics(ranks[tail_case], k),
+               "head_items": _metrics(ranks[~tail_case], k),
+               "median_rank": int(np.median(ranks)) + 1,
+               "median_rank_among_added": int(np.median(rank_new)) + 1,
+               "added_share_of_top_k": round(share, 4),
+               "add_seconds": round(add_seconds, 2)}
+        for sl in slots:
+            res[f"new_item_slots={sl}"] = {
+                f"HR@{k}": _hit_rate(rec, histories, targets, k, sl),
+                f"warm_HR@{k}": _hit_rate(rec, warm_h, warm_t, k, sl)}
+        if slots:
+            res[f"warm_HR@{k}"] = _hit_rate(rec, warm_h, warm_t, k, 0)
+        out["methods"][method] = res
     return out
+
+
+def _rank_among_added(rec: Recommender, histories, targets) -> np.ndarray:
+    """0-based rank of each target among the added items only (pessimistic ties)."""
+    first = rec.num_trained + 2
+    out = []
+    for lo in range(0, len(targets), 512):
+        s = rec.score_matrix(histories[lo:lo + 512])[:, first:]
+        t = torch.tensor([rec.model_id(x) - first for x in targets[lo:lo + 512]])
+        own = s[torch.arange(len(t)), t]
+        out.append(((s >= own[:, None]).sum(1) - 1).numpy())
+    return np.concatenate(out)
 
 
 def _plain(v: Any) -> Any:

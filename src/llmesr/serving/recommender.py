@@ -16,8 +16,11 @@ with no known item gets the most popular items, flagged ``fallback="popularity"`
 Cold start: an item that was never trained on still has a text, hence an LLM embedding. Its
 semantic embedding is that vector through the trained adapter; its collaborative embedding is
 the PCA projection that initialised the collaborative table (``collaborative="pca"``, the
-default), or a least-squares map from LLM embeddings to the *trained* collaborative table
-(``"mapped"``), or zero (``"zero"``). Added items are saved in ``RUN_DIR/added_items/``
+default), or the similarity-weighted mean of the trained collaborative rows of the 10 trained
+items closest to it in LLM space (``"neighbors"``), or a least-squares map from LLM embeddings
+to the trained collaborative table (``"mapped"``), or zero (``"zero"``). A model ranks items
+it never trained on far below trained ones, so ``new_item_slots`` keeps some of the k places
+for added items (see :meth:`Recommender.recommend`). Added items are saved in ``RUN_DIR/added_items/``
 (written whole to a temporary folder, then renamed) and come back on every load.
 """
 
@@ -42,7 +45,9 @@ from llmesr.training.batches import eval_inputs
 from llmesr.training.trainer import load_run, resolve_device
 
 ADDED = "added_items"
-COLLABORATIVE = ("pca", "mapped", "zero")
+COLLABORATIVE = ("pca", "neighbors", "mapped", "zero")
+#: trained items averaged by the "neighbors" rule
+NEIGHBORS = 10
 _RESERVED = ("id", "text", "embedding")
 
 
@@ -171,25 +176,39 @@ class Recommender:
                 "device": str(self.device), "cold_start": self.can_add_items}
 
     # ---- recommending ----------------------------------------------------------------------
-    def recommend(self, history: Sequence[Any], k: int = 10, exclude_seen: bool = True
-                  ) -> Recommendation:
-        """Top-``k`` items for one history of raw item ids (oldest first)."""
-        return self.recommend_batch([history], k, exclude_seen)[0]
+    def recommend(self, history: Sequence[Any], k: int = 10, exclude_seen: bool = True,
+                  new_item_slots: int = 0) -> Recommendation:
+        """Top-``k`` items for one history of raw item ids (oldest first).
+
+        ``new_item_slots``: at least this many of the ``k`` items are added (cold-start) items
+        when the run has that many to offer: the best-scoring added items take the places of
+        the lowest-scoring others. Scores are the model's, unchanged. Off (0) by default:
+        a model ranks items it never trained on far below trained ones (see the README's
+        cold-start figures), so a catalogue that wants new items seen must make room for them.
+        """
+        return self.recommend_batch([history], k, exclude_seen, new_item_slots)[0]
 
     def recommend_batch(self, histories: Sequence[Sequence[Any]], k: int | Sequence[int] = 10,
-                        exclude_seen: bool | Sequence[bool] = True) -> list[Recommendation]:
-        """Top-k for many histories in one forward pass. ``k`` and ``exclude_seen`` may be
-        one value or one per history. ``k`` above the catalogue size gives the whole
-        catalogue."""
+                        exclude_seen: bool | Sequence[bool] = True,
+                        new_item_slots: int | Sequence[int] = 0) -> list[Recommendation]:
+        """Top-k for many histories in one forward pass. ``k``, ``exclude_seen`` and
+        ``new_item_slots`` (see :meth:`recommend`) may be one value or one per history. ``k``
+        above the catalogue size gives the whole catalogue."""
         n = len(histories)
-        ks = list(k) if isinstance(k, (list, tuple, np.ndarray)) else [k] * n
-        ex = list(exclude_seen) if isinstance(exclude_seen, (list, tuple, np.ndarray)) else \
-            [exclude_seen] * n
-        if len(ks) != n or len(ex) != n:
-            raise LlmesrError("give one k and one exclude_seen per history, or a single value")
+
+        def per_row(v):
+            return list(v) if isinstance(v, (list, tuple, np.ndarray)) else [v] * n
+
+        ks, ex, slots = per_row(k), per_row(exclude_seen), per_row(new_item_slots)
+        if len(ks) != n or len(ex) != n or len(slots) != n:
+            raise LlmesrError("give one k, exclude_seen and new_item_slots per history, or a "
+                              "single value")
         for kk in ks:
             if isinstance(kk, bool) or not isinstance(kk, (int, np.integer)) or kk < 1:
                 raise LlmesrError(f"k must be a positive integer, got {kk!r}")
+        for sl, kk in zip(slots, ks):
+            if isinstance(sl, bool) or not isinstance(sl, (int, np.integer)) or not 0 <= sl <= kk:
+                raise LlmesrError(f"new_item_slots must be an integer from 0 to k, got {sl!r}")
         for e in ex:
             if not isinstance(e, (bool, np.bool_)):
                 raise LlmesrError(f"exclude_seen must be true or false, got {e!r}")
@@ -216,12 +235,55 @@ class Recommender:
                     s[torch.as_tensor(ids, dtype=torch.long)] = float("-inf")
                 vals, idx = torch.topk(s, min(top_k, len(s)))
                 keep = torch.isfinite(vals)
-                vals, idx = vals[keep][:kk].tolist(), idx[keep][:kk].tolist()
+                vals, idx = vals[keep][:kk], idx[keep][:kk]
+                if slots[i] and self.num_added:
+                    vals, idx = self._make_room(s, vals, idx, slots[i])
+                vals, idx = vals.tolist(), idx.tolist()
                 out[i] = Recommendation(
                     ids=[self._raw[j] for j in idx], scores=[float(v) for v in vals],
                     titles=[self._titles[j] for j in idx], unknown=unknown,
                     used=min(len(ids), self.mcfg.max_len), fallback=fallback)
             return out
+
+    def _make_room(self, s: torch.Tensor, vals: torch.Tensor, idx: torch.Tensor, slots: int
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Put the best added items into the list until it holds ``slots`` of them, in place
+        of its lowest-scoring trained items; the list stays sorted by score."""
+        first = self.num_trained + 2
+        have = int((idx >= first).sum())
+        if have >= slots:
+            return vals, idx
+        added = s[first:].clone()
+        added[idx[idx >= first] - first] = float("-inf")      # already in the list
+        best_v, best_i = torch.topk(added, min(slots - have, len(added)))
+        ok = torch.isfinite(best_v)
+        best_v, best_i = best_v[ok], best_i[ok] + first
+        if len(best_i) == 0:
+            return vals, idx
+        trained = torch.nonzero(idx < first).flatten()
+        drop = trained[len(trained) - min(len(best_i), len(trained)):]
+        keep = torch.ones(len(idx), dtype=torch.bool)
+        keep[drop] = False
+        vals = torch.cat([vals[keep], best_v[:len(drop)]])
+        idx = torch.cat([idx[keep], best_i[:len(drop)]])
+        order = torch.argsort(vals, descending=True, stable=True)
+        return vals[order], idx[order]
+
+    def score_matrix(self, histories: Sequence[Sequence[Any]]) -> torch.Tensor:
+        """(B, rows) float32 scores of every model id for each history (columns as in
+        :meth:`model_id`; padding and the mask token are -inf). Histories with no known item
+        get the popularity counts."""
+        mapped = [self._map(h)[0] for h in histories]
+        with self._lock, torch.no_grad():
+            known = [i for i, ids in enumerate(mapped) if ids]
+            s = self._pop_scores.repeat(len(mapped), 1)
+            if known:
+                s[known] = self._scores([mapped[i] for i in known])
+        return s
+
+    def model_id(self, raw_id: Any) -> int:
+        """The model's row for a raw id: 1..N trained, N + 2... added; -1 when unknown."""
+        return self._index.get(_raw(raw_id), -1)
 
     def ranks(self, histories: Sequence[Sequence[Any]], targets: Sequence[Any],
               batch_size: int = 512) -> np.ndarray:
@@ -233,16 +295,11 @@ class Recommender:
         out = np.full(len(targets), -1, dtype=np.int64)
         for lo in range(0, len(targets), batch_size):
             hi = min(lo + batch_size, len(targets))
-            mapped = [self._map(h)[0] for h in histories[lo:hi]]
-            tgt = [self._index.get(_raw(t), -1) for t in targets[lo:hi]]
-            with self._lock, torch.no_grad():
-                known = [i for i, ids in enumerate(mapped) if ids]
-                s = self._pop_scores.repeat(hi - lo, 1)
-                if known:
-                    s[known] = self._scores([mapped[i] for i in known])
-            for i, t in enumerate(tgt):
-                if t >= 0:
-                    out[lo + i] = int((s[i] >= s[i, t]).sum()) - 1
+            s = self.score_matrix(histories[lo:hi])
+            for i, t in enumerate(targets[lo:hi]):
+                j = self.model_id(t)
+                if j >= 0:
+                    out[lo + i] = int((s[i] >= s[i, j]).sum()) - 1
         return out
 
     def _map(self, history: Iterable[Any]) -> tuple[list[int], list[str]]:
@@ -470,17 +527,37 @@ class Recommender:
                                   f"{hidden}-d")
             return ((llm.astype(np.float64) - mean) @ comps.T.astype(np.float64)).astype(
                 np.float32)
+        if how == "neighbors":
+            return self._neighbors(llm)
         return self._mapped(llm)
+
+    def _trained_llm(self, what: str) -> torch.Tensor:
+        if self.model.se is None:
+            raise LlmesrError(f"'{what}' needs the LLM table, which only LLM-ESR models keep; "
+                              "use collaborative='pca'")
+        return self.model.se.llm[1:self.num_trained + 1].detach().float().cpu()
+
+    def _neighbors(self, llm: np.ndarray, chunk: int = 256) -> np.ndarray:
+        """The similarity-weighted mean of the trained collaborative rows of the
+        ``NEIGHBORS`` trained items closest in LLM space (cosine)."""
+        items = torch.nn.functional.normalize(self._trained_llm("neighbors"), dim=1)
+        with torch.no_grad():
+            co = self.model.co.all()[1:self.num_trained + 1].detach().float().cpu()
+        q_all = torch.nn.functional.normalize(torch.from_numpy(llm).float(), dim=1)
+        out = []
+        for lo in range(0, len(q_all), chunk):
+            sims, idx = torch.topk(q_all[lo:lo + chunk] @ items.T,
+                                   min(NEIGHBORS, len(items)), dim=1)
+            w = sims.clamp(min=1e-6)
+            out.append((w[:, :, None] * co[idx]).sum(1) / w.sum(1, keepdim=True))
+        return torch.cat(out).numpy()
 
     def _mapped(self, llm: np.ndarray) -> np.ndarray:
         """Ridge regression from [LLM embedding, 1] to the trained collaborative rows, fitted
         on the trained items (the map is fitted once per load)."""
         if self._mapping is None:
             with torch.no_grad():
-                x = self.model.se.llm[1:self.num_trained + 1].double().cpu() if \
-                    self.model.se is not None else None
-                if x is None:
-                    raise LlmesrError("'mapped' needs the LLM table, which this model lacks")
+                x = self._trained_llm("mapped").double()
                 y = self.model.co.all()[1:self.num_trained + 1].double().cpu()
                 x1 = torch.cat([x, torch.ones(len(x), 1, dtype=x.dtype)], dim=1)
                 lam = 1e-3 * float((x1 * x1).sum()) / x1.shape[1]
