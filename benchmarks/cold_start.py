@@ -39,6 +39,8 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--epochs", type=int, default=30)
     ap.add_argument("--patience", type=int, default=5)
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="a training setting (repeatable), e.g. co_dropout=0.3")
     ap.add_argument("--run", help="a run already trained on WORK/data (skips training)")
     ap.add_argument("--out", help="also write the JSON here")
     args = ap.parse_args()
@@ -73,12 +75,16 @@ def main() -> None:
         subprocess.run([sys.executable, "-m", "llmesr.cli", "train", str(data), "--model",
                         "llmesr", "--backbone", "sasrec", "--epochs", str(args.epochs),
                         "--set", f"patience={args.patience}", "--out", str(run), "--quiet",
+                        *[a for kv in args.set for a in ("--set", kv)],
                         *(["--resume"] if run.exists() else [])],
                        check=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
     timing["train"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
     result = {"benchmark": "cold_start", "data": str(src), "n": args.n, "seed": args.seed,
+              "train_settings": {"model": "llmesr", "backbone": "sasrec", "preset": "default",
+                                 "epochs": args.epochs, "patience": args.patience,
+                                 **dict(kv.split("=", 1) for kv in args.set)},
               **evaluate_cold_start(run, data)}
     timing["evaluate"] = time.perf_counter() - t0
     result["timing_seconds"] = {k: round(v, 1) for k, v in timing.items()}

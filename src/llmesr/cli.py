@@ -696,6 +696,20 @@ def cmd_demo(args: argparse.Namespace) -> int:
     plot = group_bars(results, Path(args.out) / "groups.png",
                       title="MovieLens 100K, SASRec: HR@10 by long-tail group")
     print(f"\nplot: {plot}\nruns: {Path(args.out) / 'run-id'}, {Path(args.out) / 'run-llmesr'}")
+
+    from llmesr.serving import Recommender
+
+    rec = Recommender.load(Path(args.out) / "run-llmesr")
+    raw = ds.item_table["raw_id"].astype(str).to_numpy()
+    history = raw[ds.sequence(1)[:-1] - 1].tolist()
+    print(f"\nserving (llmesr recommend / serve): user 1 watched {len(history)} movies, lately "
+          + "; ".join(t for t in (rec.item(i)["title"] for i in history[-3:]) if t))
+    for r in rec.recommend(history, k=5).to_dict()["items"]:
+        print(f"  {r['score']:6.2f}  {r['title']}")
+    rec.add_items([{"id": "new-movie", title: "Toy Story 4 (2019)"}], persist=False)
+    top = rec.recommend(history, k=5, new_item_slots=1)
+    print("a movie added by its title (cold start), with one of 5 places kept for new items: "
+          f"{top.titles[top.ids.index('new-movie')]} at place {top.ids.index('new-movie') + 1}")
     return 0
 
 

@@ -69,6 +69,9 @@ def test_movielens_from_grouplens_style_server(http_dir, tmp_path, monkeypatch, 
     assert ds.item_table["genres"].map(list).iloc[0] == ["Comedy", "Drama"]
     # it trained both models, printed the group table and saved the plot
     assert "| SASRec + LLM-ESR | full |" in out and "| SASRec | sampled |" in out
+    # and recommended from the saved run, with a movie added by its title
+    assert "serving (llmesr recommend / serve)" in out
+    assert "Toy Story 4 (2019) at place" in out
     assert (tmp_path / "demo" / "groups.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     for run in ("run-id", "run-llmesr"):
         assert (tmp_path / "demo" / run / "metrics.json").is_file()

@@ -169,3 +169,27 @@ def test_user_state_is_the_last_encoded_position(preset, model, backbone):
     seq, pos = batch([[1, 2, 3], [4, 5, 6, 7, 8, 9], [7]], 7)
     with torch.no_grad():
         assert torch.allclose(m.user_state(seq, pos), m.encode(seq, pos)[:, -1], atol=1e-5)
+
+
+def test_co_dropout_swaps_rows_for_their_pca_start_in_training_only():
+    m = make("llmesr", co_dropout=0.5)
+    with torch.no_grad():
+        m.co.embedding.weight.add_(1.0)              # "trained": every row moved from its start
+    ids = torch.arange(1, N + 1).repeat(20)
+    torch.manual_seed(1)
+    out = m.co(ids)
+    start = m.co.initial[ids]
+    cold = (out == start).all(dim=1)
+    assert 0.35 < cold.float().mean() < 0.65          # about half the lookups, per lookup
+    assert torch.equal(out[~cold], m.co.embedding.weight[ids][~cold])
+    out.sum().backward()                              # gradients reach only the warm lookups
+    assert m.co.embedding.weight.grad is not None
+    m.eval()
+    assert torch.equal(m.co(ids), m.co.embedding.weight[ids])
+    assert "co.initial" not in m.state_dict()         # not part of the saved weights
+    for bad, msg in (({"co_dropout": 1.0}, "in \\[0, 1\\)"),
+                     ({"co_dropout": 0.2, "co_init": "random"}, "needs model llminit")):
+        with pytest.raises(Exception, match=msg):
+            make("llmesr", **bad)
+    with pytest.raises(Exception, match="needs model llminit"):
+        make("id", co_dropout=0.2)

@@ -6,6 +6,7 @@ import shutil
 
 import pytest
 
+from llmesr.data.artifact import load_dataset
 from llmesr.models.config import build_configs
 from llmesr.training.trainer import Trainer
 
@@ -27,3 +28,14 @@ def trained_run(beauty_subset, tmp_path_factory):
 def run_copy(trained_run, tmp_path):
     """A private copy of the trained run, which a test may change."""
     return shutil.copytree(trained_run, tmp_path / "run")
+
+
+@pytest.fixture(scope="session")
+def ds(beauty_subset):
+    return load_dataset(beauty_subset)
+
+
+def raw_history(ds, user: int, length: int) -> list[str]:
+    """The raw ids of user ``user``'s first ``length`` items."""
+    raw = ds.item_table["raw_id"].to_numpy()
+    return raw[ds.sequence(user)[:length] - 1].tolist()

@@ -13,9 +13,9 @@ import time
 
 import pytest
 
-from llmesr.data.artifact import load_dataset
 from llmesr.serving import Recommender
 from llmesr.serving.app import is_loopback
+from tests.serving.conftest import raw_history
 
 pytestmark = pytest.mark.shared_data
 
@@ -86,16 +86,6 @@ def server(trained_run, tmp_path_factory):
     proc.wait(timeout=30)
 
 
-@pytest.fixture(scope="module")
-def ds(beauty_subset):
-    return load_dataset(beauty_subset)
-
-
-def _history(ds, user: int, n: int) -> list[str]:
-    raw = ds.item_table["raw_id"].to_numpy()
-    return raw[ds.sequence(user)[:n] - 1].tolist()
-
-
 def test_health_docs_and_schema(server, ds):
     client, _ = server
     status, body = client.call("GET", "/health")
@@ -108,7 +98,7 @@ def test_health_docs_and_schema(server, ds):
 
 def test_recommend_matches_the_python_api(server, ds, trained_run):
     client, _ = server
-    history = _history(ds, 3, 6)
+    history = raw_history(ds, 3, 6)
     status, body = client.call("POST", "/recommend", {"history": history, "k": 7})
     assert status == 200
     ref = Recommender.load(trained_run).recommend(history, k=7)
@@ -120,7 +110,7 @@ def test_recommend_matches_the_python_api(server, ds, trained_run):
 
 def test_batch_form(server, ds):
     client, _ = server
-    hs = [_history(ds, u, 4) for u in (1, 2, 3)]
+    hs = [raw_history(ds, u, 4) for u in (1, 2, 3)]
     status, body = client.call("POST", "/recommend", {"histories": hs, "k": 3,
                                                       "exclude_seen": False})
     assert status == 200 and len(body["results"]) == 3
@@ -130,9 +120,9 @@ def test_batch_form(server, ds):
         assert [i["id"] for i in r["items"]] == [i["id"] for i in single["items"]]
 
 
-def test_unknown_items_and_empty_history(server, ds):
+def test_unknown_items_and_emptyraw_history(server, ds):
     client, _ = server
-    history = _history(ds, 5, 3)
+    history = raw_history(ds, 5, 3)
     status, body = client.call("POST", "/recommend", {"history": ["nope", *history, 99999999]})
     assert status == 200 and body["unknown"] == ["nope", "99999999"] and body["used"] == 3
     for h in ([], ["nope"]):
@@ -192,7 +182,7 @@ def test_cold_start_over_http(server, ds):
     assert status == 200 and item["added"] and item["title"] == "coconut lip balm"
     status, rec = client.call("POST", "/recommend", {"history": ["HTTP-1"], "k": 3})
     assert status == 200 and rec["unknown"] == [] and rec["fallback"] is None
-    status, rec = client.call("POST", "/recommend", {"history": _history(ds, 2, 3), "k": 5,
+    status, rec = client.call("POST", "/recommend", {"history": raw_history(ds, 2, 3), "k": 5,
                                                      "new_item_slots": 2})
     assert status == 200 and {i["id"] for i in rec["items"]} >= {"HTTP-1", "424242"}
     assert client.call("POST", "/items", {"items": [{"id": "HTTP-1", "title": "x"}]})[0] == 409
@@ -211,7 +201,7 @@ def test_cold_start_over_http(server, ds):
 def test_concurrent_clients_get_their_own_answers(server, ds):
     """Requests that arrive together are batched; each still gets its own result."""
     client, _ = server
-    histories = [_history(ds, u, 1 + u % 9) for u in range(1, 41)]
+    histories = [raw_history(ds, u, 1 + u % 9) for u in range(1, 41)]
     expected = [client.call("POST", "/recommend", {"history": h, "k": 5})[1] for h in histories]
     got: dict[int, dict] = {}
 

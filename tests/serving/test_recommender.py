@@ -9,12 +9,11 @@ import numpy as np
 import pytest
 import torch
 
-from llmesr.data.artifact import load_dataset
 from llmesr.errors import LlmesrError
 from llmesr.semantic.encoders import HashingEncoder
 from llmesr.serving import Recommender
 from llmesr.serving.recommender import ColdStartUnavailable, ItemExistsError
-from tests.serving.conftest import train
+from tests.serving.conftest import raw_history, train
 
 pytestmark = pytest.mark.shared_data
 
@@ -24,20 +23,10 @@ def rec(trained_run):
     return Recommender.load(trained_run)
 
 
-@pytest.fixture(scope="module")
-def ds(beauty_subset):
-    return load_dataset(beauty_subset)
-
-
-def _raw_history(ds, user: int, length: int) -> list[str]:
-    raw = ds.item_table["raw_id"].to_numpy()
-    return raw[ds.sequence(user)[:length] - 1].tolist()
-
-
 def test_the_run_directory_alone_serves(trained_run, beauty_subset, tmp_path, ds):
     assert (trained_run / "bundle" / "manifest.json").is_file()
     moved = shutil.copytree(trained_run, tmp_path / "elsewhere")
-    history = _raw_history(ds, 5, 4)
+    history = raw_history(ds, 5, 4)
     hidden = beauty_subset.with_name("ds-hidden")
     beauty_subset.rename(hidden)        # the dataset is gone: the bundle is enough
     try:
@@ -50,7 +39,7 @@ def test_the_run_directory_alone_serves(trained_run, beauty_subset, tmp_path, ds
 
 
 def test_recommend_returns_raw_ids_scores_and_titles(rec, ds):
-    history = _raw_history(ds, 3, 6)
+    history = raw_history(ds, 3, 6)
     out = rec.recommend(history, k=20)
     assert len(out.ids) == 20 and len(set(out.ids)) == 20
     assert out.scores == sorted(out.scores, reverse=True)
@@ -67,7 +56,7 @@ def test_scores_match_the_trainers_full_ranking(rec, ds, trained_run):
     """The served model ranks each test target exactly where training's evaluation did."""
     users = ds.users
     rows = np.flatnonzero(users["evaluated"].to_numpy())[:200]
-    histories = [_raw_history(ds, int(u) + 1, int(users["length"].iloc[u]) - 1) for u in rows]
+    histories = [raw_history(ds, int(u) + 1, int(users["length"].iloc[u]) - 1) for u in rows]
     raw = ds.item_table["raw_id"].to_numpy()
     targets = raw[users["test_item"].to_numpy()[rows] - 1].tolist()
     saved = np.load(trained_run / "ranks_test_full.npy")[:200]
@@ -75,7 +64,7 @@ def test_scores_match_the_trainers_full_ranking(rec, ds, trained_run):
 
 
 def test_unknown_ids_are_reported_and_skipped(rec, ds):
-    history = _raw_history(ds, 7, 5)
+    history = raw_history(ds, 7, 5)
     mixed = ["NOT-AN-ITEM", *history[:2], 12345678, *history[2:]]
     out, clean = rec.recommend(mixed, k=10), rec.recommend(history, k=10)
     assert out.unknown == ["NOT-AN-ITEM", "12345678"]
@@ -83,7 +72,7 @@ def test_unknown_ids_are_reported_and_skipped(rec, ds):
 
 
 def test_batch_equals_one_by_one(rec, ds):
-    histories = [_raw_history(ds, u, n) for u, n in ((1, 3), (2, 40), (9, 1), (20, 7))]
+    histories = [raw_history(ds, u, n) for u, n in ((1, 3), (2, 40), (9, 1), (20, 7))]
     batch = rec.recommend_batch(histories, k=[5, 10, 3, 8], exclude_seen=[True, False, True,
                                                                           False])
     for h, k, ex, b in zip(histories, (5, 10, 3, 8), (True, False, True, False), batch):
@@ -133,7 +122,7 @@ def test_added_item_gets_the_trained_adapter_and_the_pca_projection(run_copy, ds
 
 def test_added_items_are_recommended_persisted_and_usable_in_histories(run_copy, ds):
     r = Recommender.load(run_copy)
-    history = _raw_history(ds, 4, 5)
+    history = raw_history(ds, 4, 5)
     before = r.recommend(history, k=r.num_items)
     titles = ["lavender body wash", "matte red lipstick"]
     assert r.add_items([{"id": "NEW-1", "title": titles[0]}, {"id": 99999977, "title": titles[1]}]
@@ -224,7 +213,7 @@ def test_broken_run_files_are_clear_errors(run_copy, beauty_subset, tmp_path):
 
 def test_new_item_slots_make_room_for_added_items(run_copy, ds):
     r = Recommender.load(run_copy)
-    history = _raw_history(ds, 6, 5)
+    history = raw_history(ds, 6, 5)
     plain = r.recommend(history, k=10)
     assert r.recommend(history, k=10, new_item_slots=3).ids == plain.ids   # nothing added yet
     titles = ["vanilla body lotion", "pink nail polish", "tea tree shampoo", "argan hair oil"]

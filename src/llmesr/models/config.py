@@ -64,6 +64,11 @@ class ModelConfig:
     #: are targets, and dropout only adds noise to them (and cost: drawing the attention
     #: dropout masks of B * K sequences makes their forward pass slower on CPU).
     teacher_dropout: bool = False
+    #: simulated cold start (not in the paper): in training, each lookup of an item's
+    #: collaborative row is replaced by its PCA initialisation with this probability, so the
+    #: model learns to score items whose row never trained (items added later by text).
+    #: 0 = off. Needs co_init = pca.
+    co_dropout: float = 0.0
     #: item regularisation (SPEC §4.8; off in the paper's scripts)
     item_reg: bool = False
     beta: float = 0.1
@@ -84,6 +89,11 @@ class ModelConfig:
             raise LlmesrError("LLM-ESR needs at least one of use_co_view / use_se_view")
         if self.adapter_layers not in (1, 2):
             raise LlmesrError("adapter_layers must be 1 or 2")
+        if not 0.0 <= self.co_dropout < 1.0:
+            raise LlmesrError("co_dropout must be in [0, 1)")
+        if self.co_dropout and (self.model == "id" or self.co_init != "pca"):
+            raise LlmesrError("co_dropout replaces collaborative rows by their PCA "
+                              "initialisation: it needs model llminit or llmesr with co_init=pca")
         if self.hidden % self.heads:
             raise LlmesrError("hidden must be divisible by heads")
         return self

@@ -47,7 +47,8 @@ class SequentialRecommender(nn.Module):
         if needs_pca and pca is None:
             raise LlmesrError("this model needs the PCA of the item embeddings: run 'llmesr "
                               f"embed' with --pca-dim {h}")
-        self.co = IDView(num_items, h, pca if needs_pca else None) if (
+        self.co = IDView(num_items, h, pca if needs_pca else None,
+                         cfg.co_dropout if needs_pca else 0.0) if (
             cfg.model != "llmesr" or cfg.use_co_view) else None
         self.se = SemanticView(llm, num_items, h, cfg.adapter_layers, cfg.adapter_activation,
                                cfg.freeze_semantic) if needs_llm else None
@@ -82,7 +83,7 @@ class SequentialRecommender(nn.Module):
     def train_is_deterministic(self) -> bool:
         """No dropout anywhere in training mode (GRU4Rec: none on its inputs, none in the
         GRU, the cross-attention or the adapter), so two forward passes give one value."""
-        return self.is_gru
+        return self.is_gru and not self.cfg.co_dropout
 
     @property
     def _gru_prefix(self) -> bool:

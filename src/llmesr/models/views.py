@@ -46,9 +46,13 @@ class IDView(nn.Module):
     def sparse_grads(self, value: bool) -> None:
         self.embedding.sparse = value
 
-    def __init__(self, num_items: int, hidden: int, init: np.ndarray | None = None):
+    def __init__(self, num_items: int, hidden: int, init: np.ndarray | None = None,
+                 cold_dropout: float = 0.0):
         super().__init__()
         self.embedding = nn.Embedding(num_items + 2, hidden)
+        #: probability that a training lookup returns the row's initial (PCA) value instead
+        #: (simulated cold start, ModelConfig.co_dropout)
+        self.cold_dropout = float(cold_dropout)
         if init is None:
             nn.init.xavier_normal_(self.embedding.weight)
             with torch.no_grad():
@@ -60,9 +64,19 @@ class IDView(nn.Module):
                                   f"has hidden={hidden}; embed with --pca-dim {hidden}")
             with torch.no_grad():
                 self.embedding.weight.copy_(table)
+        if self.cold_dropout:
+            if init is None:
+                raise LlmesrError("co_dropout needs the PCA initialisation")
+            # not saved with the weights: training rebuilds it from the embeddings
+            self.register_buffer("initial", self.embedding.weight.detach().clone(),
+                                 persistent=False)
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        return self.embedding(ids)
+        x = self.embedding(ids)
+        if self.training and self.cold_dropout:
+            cold = torch.rand(ids.shape, device=ids.device) < self.cold_dropout
+            x = torch.where(cold[..., None], self.initial[ids], x)
+        return x
 
     def all(self) -> torch.Tensor:
         return self.embedding.weight
