@@ -195,6 +195,12 @@ class SentenceTransformerEncoder(TextEncoder):
             except ImportError:
                 raise LlmesrError("the sentence-transformers encoder needs the package "
                                   "'sentence-transformers'") from None
+            try:   # the model's "Loading weights" bar is noise beside llmesr's own progress
+                from transformers.utils import logging as hf_logging
+
+                hf_logging.disable_progress_bar()
+            except ImportError:
+                pass
             path = self._path()
             try:
                 self._model = SentenceTransformer(path, device=self.device)
