@@ -24,7 +24,9 @@ from llmesr.errors import LlmesrError
 from llmesr.serving.recommender import COLLABORATIVE, Recommender
 
 
-def _metrics(ranks: np.ndarray, k: int) -> dict[str, float]:
+def _metrics(ranks: np.ndarray, k: int) -> dict[str, float | None]:
+    if len(ranks) == 0:          # an empty group (e.g. no tail-item case)
+        return {f"HR@{k}": None, f"NDCG@{k}": None}
     hit = (ranks >= 0) & (ranks < k)
     ndcg = np.where(hit, 1.0 / np.log2(np.maximum(ranks, 0) + 2.0), 0.0)
     return {f"HR@{k}": round(float(hit.mean()), 4), f"NDCG@{k}": round(float(ndcg.mean()), 4)}

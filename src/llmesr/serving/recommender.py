@@ -216,21 +216,13 @@ class Recommender:
         if n == 0:
             return []
         with self._lock, torch.no_grad():
-            known = [i for i, (ids, _) in enumerate(mapped) if ids]
-            scores = torch.empty(0)
-            if known:
-                scores = self._scores([mapped[i][0] for i in known])
+            scores = self._score_rows([ids for ids, _ in mapped])
             top_k = min(max(ks), self.num_items)
             out: list[Recommendation] = [None] * n  # type: ignore[list-item]
-            row_of = {i: r for r, i in enumerate(known)}
             for i, (ids, unknown) in enumerate(mapped):
                 kk = min(ks[i], self.num_items)
-                if i in row_of:
-                    s = scores[row_of[i]]
-                    fallback = None
-                else:
-                    s = self._pop_scores.clone()
-                    fallback = "popularity"
+                s = scores[i]
+                fallback = None if ids else "popularity"
                 if ex[i] and ids:
                     s[torch.as_tensor(ids, dtype=torch.long)] = float("-inf")
                 vals, idx = torch.topk(s, min(top_k, len(s)))
@@ -275,10 +267,16 @@ class Recommender:
         get the popularity counts."""
         mapped = [self._map(h)[0] for h in histories]
         with self._lock, torch.no_grad():
-            known = [i for i, ids in enumerate(mapped) if ids]
-            s = self._pop_scores.repeat(len(mapped), 1)
-            if known:
-                s[known] = self._scores([mapped[i] for i in known])
+            return self._score_rows(mapped)
+
+    def _score_rows(self, mapped: list[list[int]]) -> torch.Tensor:
+        """Scores for histories of model ids; an empty one gets the popularity counts."""
+        known = [i for i, ids in enumerate(mapped) if ids]
+        if len(known) == len(mapped):           # the usual case: no copy of the popularity row
+            return self._scores(mapped)
+        s = self._pop_scores.repeat(len(mapped), 1)
+        if known:
+            s[known] = self._scores([mapped[i] for i in known])
         return s
 
     def model_id(self, raw_id: Any) -> int:
