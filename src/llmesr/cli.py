@@ -542,8 +542,8 @@ def _json_records(path: str, what: str) -> list[Any]:
         try:
             out.append(json.loads(line))
         except json.JSONDecodeError as e:
-            raise LlmesrError(f"{name} line {n}: not valid JSON ({e.msg}); give one {what[:-1]} "
-                              "per line") from None
+            raise LlmesrError(f"{name} line {n}: not valid JSON ({e.msg}); give one "
+                              f"{ {'items': 'item', 'histories': 'history'}[what]} per line") from None
     if not out:
         raise LlmesrError(f"{name} holds no {what}")
     return out

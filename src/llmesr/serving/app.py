@@ -21,6 +21,7 @@ batched: one worker thread runs whatever requests are waiting in one forward pas
 import asyncio
 import concurrent.futures
 import ipaddress
+import json
 import queue
 import threading
 from dataclasses import dataclass
@@ -179,8 +180,6 @@ class BodyLimit:
 
 
 async def _send_json(send, status: int, detail: str) -> None:
-    import json
-
     body = json.dumps({"detail": detail}).encode()
     await send({"type": "http.response.start", "status": status,
                 "headers": [(b"content-type", b"application/json"),
