@@ -12,6 +12,7 @@ from llmesr.data.longtail import compute_groups
 from llmesr.data.preprocess import preprocess
 from llmesr.data.readers import get_reader, reader_names
 from llmesr.data.registry import ENTRIES, get_entry, resolve_files
+from llmesr.data.types import RawData
 from llmesr.errors import LlmesrError
 
 
@@ -73,16 +74,28 @@ def prepare(name: str, out: str | Path, *, source: str | Path | None = None,
         if len(missing):
             raise LlmesrError(f"{entry.name}: {missing.nunique()} item(s) have no text, e.g. "
                               f"item '{missing.iloc[0]}'; the item-text file does not match")
-    prepared = preprocess(raw, cfg)
-    groups = compute_groups(prepared.offsets, prepared.items, prepared.num_items,
-                            prepared.evaluated, lt_cfg, paper_ts)
-    manifest = write_dataset(
-        out, prepared, groups, name=name, reader=reader.name, reader_options=raw.options,
-        sources=raw.sources, prepare_config=cfg, longtail_config=lt_cfg,
-        source_sha256=digests, overwrite=overwrite,
-        extra={"timing_seconds": {"read": round(t_read, 3),
-                                  "total": round(time.perf_counter() - t0, 3)}})
+    manifest = prepare_raw(raw, out, name=name, settings=cfg, longtail=lt_cfg,
+                           paper_thresholds=paper_ts, source_sha256=digests,
+                           overwrite=overwrite, extra={"timing_seconds": {
+                               "read": round(t_read, 3),
+                               "total": round(time.perf_counter() - t0, 3)}})
     c = manifest["counts"]
     log(f"wrote {out}: {c['users']:,} users, {c['items']:,} items, {c['interactions']:,} "
         f"interactions in {time.perf_counter() - t0:.1f} s")
     return manifest
+
+
+def prepare_raw(raw: RawData, out: str | Path, *, name: str, settings: PrepareConfig,
+                longtail: LongTailConfig, paper_thresholds: tuple[int, int] | None = None,
+                source_sha256: dict[str, str] | None = None, overwrite: bool = False,
+                extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Filter, split and group what a reader (or :meth:`llmesr.Dataset.from_frames`) produced,
+    and write the dataset artifact to ``out``; return its manifest. ``settings`` and
+    ``longtail`` are validated configs."""
+    prepared = preprocess(raw, settings)
+    groups = compute_groups(prepared.offsets, prepared.items, prepared.num_items,
+                            prepared.evaluated, longtail, paper_thresholds)
+    return write_dataset(
+        out, prepared, groups, name=name, reader=raw.reader, reader_options=raw.options,
+        sources=raw.sources, prepare_config=settings, longtail_config=longtail,
+        source_sha256=source_sha256, overwrite=overwrite, extra=extra)
