@@ -202,6 +202,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="full ranking leaves out the history's items (default: as trained)")
     ev.add_argument("--device", help="auto | cpu | cuda (default: the run's setting)")
     ev.add_argument("--json", action="store_true", help="print metrics.json")
+    ev.add_argument("--quiet", action="store_true",
+                    help="no progress bars (shown when standard error is a terminal)")
 
     rp = sub.add_parser(
         "report", help="tables, significance tests and plots from finished runs",
@@ -215,9 +217,9 @@ def build_parser() -> argparse.ArgumentParser:
                "  llmesr report runs/id-* runs/llmesr-* --baseline id --out report",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     rp.add_argument("runs", nargs="+", help="run directories, or folders of run directories")
-    rp.add_argument("--baseline", default="id",
-                    help="model (or label) the others are tested against (default id; "
-                         "'none' for no tests)")
+    rp.add_argument("--baseline", default=None,
+                    help="model (or label) the others are tested against (default id, and "
+                         "no tests when no run is an id run; 'none' for no tests)")
     rp.add_argument("--out", default="report", help="output folder (default report)")
     rp.add_argument("--data", help="the runs' dataset directory, if it moved")
     rp.add_argument("--no-tsne", action="store_true", help="skip the t-SNE plot")
@@ -462,9 +464,8 @@ def cmd_embed(args: argparse.Namespace) -> int:
         cfg.fields = {**cfg.fields, **dict(args.field)}
     if args.item_template:
         cfg.item_template = args.item_template
-    options: dict[str, Any] = {}
-    for key, value in args.encoder_opt:
-        options[key] = int(value) if value.isdigit() else value
+    # strings: make_encoder converts each to its option's type and refuses unknown keys
+    options: dict[str, Any] = dict(args.encoder_opt)
     embed(args.dir, encoder=args.encoder, encoder_options=options, prompt=cfg,
           pca_dim=args.pca_dim, neighbors=args.neighbors, backend=args.backend,
           users=not args.no_users, cache_dir=args.cache_dir, progress=not args.quiet,
@@ -519,7 +520,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     protocols = ("full", "sampled") if args.protocol == "both" else (args.protocol,)
     metrics = evaluate_run(args.run, protocols, data_dir=args.data, device=args.device,
-                           exclude_seen=args.exclude_seen)
+                           exclude_seen=args.exclude_seen,
+                           progress=not args.quiet and sys.stderr.isatty())
     print(json.dumps(metrics, indent=2) if args.json else format_metrics(metrics))
     return 0
 
@@ -607,10 +609,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from llmesr.evaluation.report import write_report
 
-    baseline = None if args.baseline.lower() == "none" else args.baseline
+    named = args.baseline is not None       # a baseline the user named must be there
+    baseline = None if named and args.baseline.lower() == "none" else (args.baseline or "id")
     write_report(args.runs, args.out, baseline=baseline, data_dir=args.data,
-                 tsne=not args.no_tsne, tsne_items=args.tsne_items)
-    print((Path(args.out) / "report.md").read_text())
+                 tsne=not args.no_tsne, tsne_items=args.tsne_items, require_baseline=named,
+                 log=lambda msg: print(f"llmesr: note: {msg}", file=sys.stderr))
+    print((Path(args.out) / "report.md").read_text(encoding="utf-8"))
     print(f"written: {args.out}/report.md, report.csv, report.json, groups.png, buckets.png"
           + ("" if args.no_tsne else ", tsne.png"))
     return 0

@@ -37,3 +37,133 @@ def test_group_bars_writes_a_png(tmp_path):
     path = group_bars({"A": fake(0), "B": fake(1)}, tmp_path / "sub" / "g.png", title="t")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert not list(path.parent.glob("*.tmp.png"))
+
+
+# ---- llmesr report on any set of runs ------------------------------------------------------
+
+def _dataset(tmp_path):
+    from llmesr.data.pipeline import prepare
+    from tests.conftest import write
+
+    inter = write(tmp_path / "inter.csv", "user_id,item_id,ts\n" + "".join(
+        f"u{u},i{(3 * u + k) % 25},{k}\n" for u in range(40) for k in range(4 + u % 5)))
+    items = write(tmp_path / "items.csv", "item_id,title\n" + "".join(
+        f"i{k},item {k}\n" for k in range(25)))
+    out = tmp_path / "ds"
+    prepare("table", out, source=inter, items=items, reader_options={"time_col": "ts"},
+            settings={"kcore_user": 0, "kcore_item": 0}, log=lambda *a: None)
+    return out
+
+
+def _fake_run(ds_dir, out, model, seed, shift=0):
+    """A finished run directory as 'llmesr train' leaves it, minus the weights (enough for a
+    report without t-SNE): config.json, metrics.json and the per-case ranks."""
+    import json
+
+    from llmesr.data.artifact import load_dataset
+    from llmesr.data.io import sha256_file
+    from llmesr.models.config import build_configs, configs_to_dict
+
+    ds = load_dataset(ds_dir)
+    users = ds.users
+    rows = np.flatnonzero(users["evaluated"].to_numpy())
+    pop = np.concatenate([[0], ds.item_table["popularity"].to_numpy()])
+    tail_user = users["tail_user"].to_numpy()[rows]
+    tail_item = pop[users["test_item"].to_numpy()[rows]] < ds.ts_item
+    rng = np.random.default_rng(seed)
+    out.mkdir(parents=True)
+    mcfg, tcfg = build_configs("default", "sasrec", model, {"seed": str(seed)})
+    (out / "config.json").write_text(json.dumps({
+        "configs": configs_to_dict(mcfg, tcfg),
+        "dataset": {"path": str(ds_dir), "name": "tiny", "num_items": ds.num_items,
+                    "manifest_sha256": sha256_file(ds_dir / "manifest.json")}}, default=list))
+    test = {}
+    for p in ("full", "sampled"):
+        ranks = np.maximum(rng.integers(0, 30, size=len(rows)) - shift, 0)
+        np.save(out / f"ranks_test_{p}.npy", ranks)
+        test[p] = group_metrics(ranks, tail_user, tail_item)
+    np.save(out / "ranks_test_users.npy", rows + 1)
+    (out / "metrics.json").write_text(json.dumps({"test": test, "epochs": 3, "best_epoch": 2,
+                                                  "train_seconds": 1.0}))
+    return out
+
+
+def test_report_without_the_baseline_skips_significance(tmp_path, capsys):
+    """'llmesr report RUN_DIR' on one llmesr run used to stop with "no run matches --baseline
+    'id'"; it now writes the tables and plots and says the tests were skipped."""
+    import json
+
+    from llmesr.cli import main
+
+    ds = _dataset(tmp_path)
+    run = _fake_run(ds, tmp_path / "runs" / "llmesr-1", "llmesr", 1)
+    out = tmp_path / "rep"
+    assert main(["report", str(run), "--out", str(out), "--no-tsne"]) == 0
+    stdout, err = capsys.readouterr()
+    assert "Traceback" not in err and "significance tests: skipped" in err
+    for f in ("report.md", "report.csv", "report.json", "groups.png", "buckets.png"):
+        assert (out / f).is_file(), f
+    md = (out / "report.md").read_text()
+    assert "Significance tests: skipped: no run is the baseline 'id'" in md
+    assert "# tiny: 1 model, seed 1" in md and "| llmesr | 1 |" in stdout
+    rep = json.loads((out / "report.json").read_text())
+    assert rep["baseline"] is None and rep["significance"].startswith("skipped")
+    assert all(not res["tests"] for res in rep["protocols"].values())
+    # a baseline the user names must be there
+    assert main(["report", str(run), "--out", str(out), "--no-tsne", "--baseline", "id"]) == 2
+    assert "no run matches --baseline 'id'" in capsys.readouterr().err
+    # with an id run present, the tests run as before
+    _fake_run(ds, tmp_path / "runs" / "id-1", "id", 1, shift=5)
+    assert main(["report", str(tmp_path / "runs"), "--out", str(out), "--no-tsne"]) == 0
+    capsys.readouterr()
+    rep = json.loads((out / "report.json").read_text())
+    assert rep["baseline"] == "id" and rep["protocols"]["full"]["tests"]
+    assert "Significance tests" not in (out / "report.md").read_text()
+    # --baseline none: no tests, said so
+    assert main(["report", str(tmp_path / "runs"), "--out", str(out), "--no-tsne",
+                 "--baseline", "none"]) == 0
+    capsys.readouterr()
+    assert "not asked for" in (out / "report.md").read_text()
+
+
+def test_report_damaged_run_files_are_one_line_errors(tmp_path, capsys):
+    from llmesr.cli import main
+
+    ds = _dataset(tmp_path)
+    for name, text in (("list", "[]"), ("latin1", b"\xff"), ("empty", "{}")):
+        run = _fake_run(ds, tmp_path / name, "llmesr", 1)
+        if isinstance(text, bytes):
+            (run / "metrics.json").write_bytes(text)
+        else:
+            (run / "config.json").write_text(text)
+        assert main(["report", str(run), "--out", str(tmp_path / "rep"), "--no-tsne"]) == 2
+        err = capsys.readouterr().err
+        assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+    run = _fake_run(ds, tmp_path / "ok", "llmesr", 1)
+    blocker = tmp_path / "blocker"
+    blocker.write_text("x")
+    assert main(["report", str(run), "--out", str(blocker / "rep"), "--no-tsne"]) == 2
+    assert "cannot create the report folder" in capsys.readouterr().err
+    assert main(["report", str(run), "--out", str(tmp_path / "rep"), "--tsne-items", "1"]) == 2
+    assert "--tsne-items must be at least 4" in capsys.readouterr().err
+
+
+def test_tsne_shows_progress(tmp_path, capsys, monkeypatch):
+    """t-SNE takes seconds to a minute per model: a bar counts the maps."""
+    import torch
+
+    import llmesr.training.trainer as trainer
+    from llmesr.evaluation.report import write_report
+
+    class FakeModel:
+        def item_embeddings(self, ids):
+            return torch.from_numpy(np.random.default_rng(0).normal(
+                size=(len(ids), 8)).astype(np.float32))
+
+    monkeypatch.setattr(trainer, "load_run", lambda path, device="cpu": (FakeModel(), {}))
+    ds = _dataset(tmp_path)
+    run = _fake_run(ds, tmp_path / "runs" / "llmesr-1", "llmesr", 1)
+    write_report([run], tmp_path / "rep", tsne_items=20, progress=True, log=lambda *a: None)
+    err = capsys.readouterr().err
+    assert "t-SNE (20 items)" in err and "1/1" in err
+    assert (tmp_path / "rep" / "tsne.png").read_bytes()[:4] == b"\x89PNG"

@@ -63,6 +63,12 @@ def _parquet_safe(table: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
+def _as_str(values: Any) -> np.ndarray:
+    """Ids as Python strings in an object array. (``ndarray.astype(str)`` would make a
+    fixed-width array as wide as the longest id for every row.)"""
+    return np.array([v if isinstance(v, str) else str(v) for v in list(values)], dtype=object)
+
+
 def write_dataset(out: str | Path, prepared: Prepared, groups: Groups, *, name: str,
                   reader: str, reader_options: dict[str, Any], sources: list[Path],
                   prepare_config: PrepareConfig, longtail_config: LongTailConfig,
@@ -80,7 +86,7 @@ def write_dataset(out: str | Path, prepared: Prepared, groups: Groups, *, name: 
 
     users = pd.DataFrame({
         "user_id": np.arange(1, n_users + 1, dtype=np.int64),
-        "raw_id": p.user_raw.astype(str),
+        "raw_id": _as_str(p.user_raw),
         "length": lengths.astype(np.int64),
         "train_length": train_lengths(lengths).astype(np.int64),
         "test_history_len": groups.test_history_len.astype(np.int64),
@@ -90,7 +96,7 @@ def write_dataset(out: str | Path, prepared: Prepared, groups: Groups, *, name: 
         "test_item": test_item.astype(np.int64),
     })
     items = p.item_table.copy()
-    items["raw_id"] = items["raw_id"].astype(str)
+    items["raw_id"] = _as_str(items["raw_id"])
     items.insert(2, "popularity", groups.popularity[1:])
     items.insert(3, "tail_item", groups.popularity[1:] < groups.ts_item)
 
@@ -179,13 +185,22 @@ class SequenceDataset:
         """Full history of user ``user_id`` (1-based)."""
         return self.items[self.offsets[user_id - 1]:self.offsets[user_id]]
 
+    def _parquet(self, name: str) -> pd.DataFrame:
+        f = self.path / name
+        try:
+            return pd.read_parquet(f)
+        except (OSError, ValueError) as e:   # pyarrow's ArrowInvalid is a ValueError
+            msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+            raise LlmesrError(f"{f} is corrupt or unreadable ({msg}); prepare the dataset "
+                              "again") from None
+
     @cached_property
     def users(self) -> pd.DataFrame:
-        return pd.read_parquet(self.path / "users.parquet")
+        return self._parquet("users.parquet")
 
     @cached_property
     def item_table(self) -> pd.DataFrame:
-        return pd.read_parquet(self.path / "items.parquet")
+        return self._parquet("items.parquet")
 
     @property
     def ts_user(self) -> int:
@@ -194,6 +209,11 @@ class SequenceDataset:
     @property
     def ts_item(self) -> int:
         return int(self.manifest["groups"]["ts_item"])
+
+
+#: manifest entries every later stage reads, with their JSON types
+_MANIFEST_KEYS: dict[str, type] = {"name": str, "reader": dict, "counts": dict, "groups": dict,
+                                   "text": dict, "files": dict}
 
 
 def load_dataset(path: str | Path, verify: bool = False) -> SequenceDataset:
@@ -209,11 +229,17 @@ def load_dataset(path: str | Path, verify: bool = False) -> SequenceDataset:
         manifest = json.loads(mpath.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise LlmesrError(f"{mpath} is corrupt ({e}); prepare the dataset again") from None
-    if manifest.get("kind") != KIND:
+    if not isinstance(manifest, dict) or manifest.get("kind") != KIND:
         raise LlmesrError(f"{mpath} does not describe an llmesr dataset")
     if manifest.get("format_version") != FORMAT_VERSION:
         raise LlmesrError(f"{root} has dataset format {manifest.get('format_version')}, this "
                           f"llmesr reads {FORMAT_VERSION}; prepare it again")
+    missing = [k for k, kind in _MANIFEST_KEYS.items() if not isinstance(manifest.get(k), kind)]
+    counts = manifest.get("counts") if isinstance(manifest.get("counts"), dict) else {}
+    missing += [f"counts.{k}" for k in ("users", "items") if not isinstance(counts.get(k), int)]
+    if missing:
+        raise LlmesrError(f"{mpath} is incomplete or damaged (no valid {', '.join(missing)}); "
+                          "prepare the dataset again")
     files = manifest.get("files", {})
     for fname, digest in files.items():
         f = root / fname

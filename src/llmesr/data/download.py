@@ -60,7 +60,8 @@ class _State:
 def download(url: str | os.PathLike[str], dest: str | Path, *, sha256: str | None = None,
              progress: bool = True, timeout: float = 60.0, retries: int = 3,
              chunk: int = 1 << 20, backoff: float = 0.5,
-             sleep: Callable[[float], None] = time.sleep) -> Path:
+             sleep: Callable[[float], None] = time.sleep,
+             on_retry: Callable[[str], None] | None = None) -> Path:
     """Fetch ``url`` into the file ``dest`` and return ``dest`` as a Path.
 
     ``url`` is an ``http://``/``https://`` URL, a ``file://`` URL or a local path (copied).
@@ -72,6 +73,8 @@ def download(url: str | os.PathLike[str], dest: str | Path, *, sha256: str | Non
       more times, sleeping ``backoff``, ``2*backoff``, ``4*backoff`` ... seconds in between
       (``sleep`` is injectable for tests). Other HTTP 4xx errors fail at once.
     * With ``sha256``, a mismatch deletes the ``.part`` file and raises :class:`ChecksumError`.
+    * ``on_retry`` receives each "failed, retrying" notice (default: a logging warning); a
+      caller with a fallback of its own can pass ``lambda msg: None``.
     """
     dest = Path(dest)
     expected = _normalise_sha256(sha256)
@@ -94,7 +97,7 @@ def download(url: str | os.PathLike[str], dest: str | Path, *, sha256: str | Non
         _copy_local(local, part, progress=progress, chunk=chunk)
     else:
         _fetch(url_text, part, timeout=timeout, retries=retries, chunk=chunk,
-               progress=progress, backoff=backoff, sleep=sleep)
+               progress=progress, backoff=backoff, sleep=sleep, on_retry=on_retry)
 
     if expected is not None:
         got = sha256_file(part)
@@ -158,15 +161,20 @@ def _bar(total: int | None, initial: int, part: Path, progress: bool) -> tqdm:
 
 
 def _fetch(url: str, part: Path, *, timeout: float, retries: int, chunk: int, progress: bool,
-           backoff: float, sleep: Callable[[float], None]) -> None:
+           backoff: float, sleep: Callable[[float], None],
+           on_retry: Callable[[str], None] | None = None) -> None:
     state = _State()
     attempts = retries + 1
     last: _Transient | None = None
     for attempt in range(attempts):
         if attempt:
             delay = backoff * 2 ** (attempt - 1)
-            log.warning("downloading %s failed (%s); retrying in %.1f s (attempt %d of %d)",
-                        url, last, delay, attempt + 1, attempts)
+            notice = (f"downloading {url} failed ({last}); retrying in {delay:.1f} s "
+                      f"(attempt {attempt + 1} of {attempts})")
+            if on_retry is None:
+                log.warning("%s", notice)
+            else:
+                on_retry(notice)
             sleep(delay)
         try:
             _attempt(url, part, state, timeout=timeout, chunk=chunk, progress=progress)

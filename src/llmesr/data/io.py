@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import gzip
 import hashlib
 import io
@@ -92,8 +93,33 @@ def iter_lines(path: str | Path, encoding: str = "utf-8") -> Iterator[tuple[int,
                 if line.strip():
                     yield lineno, line
     except (EOFError, gzip.BadGzipFile, zlib.error) as e:
-        raise DataFormatError(f"{path}: cannot read compressed data after line {lineno} "
-                              f"({e}); the file is probably truncated") from None
+        after = f" after line {lineno}" if lineno else ""
+        raise DataFormatError(f"{path}: cannot read the compressed data{after} ({e}); the "
+                              "file is probably truncated") from None
+
+
+def read_text(path: str | Path, encoding: str = "utf-8") -> str:
+    """A whole text file (``.gz`` decompressed), with clear errors: an undecodable byte names
+    its line, a truncated or corrupt archive says so."""
+    try:
+        with open_binary(path) as f:
+            data = f.read()
+    except (EOFError, gzip.BadGzipFile, zlib.error) as e:
+        raise DataFormatError(f"{path}: cannot read the compressed data ({e}); the file is "
+                              "probably truncated") from None
+    try:
+        return data.decode(encoding)
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        raise DataFormatError(f"{path}:{line}: not valid {encoding} text ({e.reason}); "
+                              f"convert the file to {encoding}") from None
+
+
+def first_char(path: str | Path, encoding: str = "utf-8") -> str:
+    """The first non-blank character of a text file ('' if none), read safely."""
+    for _lineno, line in iter_lines(path, encoding):
+        return line.lstrip()[:1]
+    return ""
 
 
 def provenance() -> dict[str, str]:
@@ -107,16 +133,88 @@ def provenance() -> dict[str, str]:
             "llmesr_version": __version__, "python": platform.python_version()}
 
 
-def write_json_atomic(path: str | Path, obj: Any) -> None:
-    """Write JSON to ``path`` via a temporary file and rename, so readers never see half a file."""
+def current_umask() -> int:
+    """The process umask, read without changing it where the system allows (Linux)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)  # elsewhere: the only portable way to read it is to set it
+    os.umask(mask)
+    return mask
+
+
+def public_mode(directory: bool = False) -> int:
+    """The mode a plain ``open``/``mkdir`` would give: 0666 (0777 for folders) less the umask.
+
+    ``tempfile.mkstemp``/``mkdtemp`` create 0600 files and 0700 folders; whatever is renamed
+    into place from them gets this mode first, so outputs are as readable as any other file.
+    """
+    return (0o777 if directory else 0o666) & ~current_umask()
+
+
+def describe_os_error(e: OSError, action: str) -> str:
+    """One line for an operating-system error: what failed, on which path, and a hint."""
+    where = e.filename if e.filename is not None else ""
+    why = e.strerror or type(e).__name__
+    hint = ""
+    if isinstance(e, NotADirectoryError):
+        hint = " (a part of that path is a file, not a folder)"
+    elif isinstance(e, FileExistsError):
+        hint = " (something that is not a folder is in the way)"
+    elif isinstance(e, IsADirectoryError):
+        hint = " (it is a folder; a file was expected)"
+    elif isinstance(e, PermissionError):
+        hint = " (no permission: choose another place or fix the permissions)"
+    elif e.errno == errno.ENOSPC:
+        hint = " (the disk is full)"
+    elif e.errno == errno.EROFS:
+        hint = " (the file system is read-only)"
+    return f"cannot {action}: {where}{': ' if where else ''}{why}{hint}"
+
+
+@contextlib.contextmanager
+def os_errors_as_user_errors(action: str) -> Iterator[None]:
+    """Re-raise an :class:`OSError` inside the block as a one-line :class:`LlmesrError`.
+
+    For the writing stages of a command, where an unwritable, missing or misplaced output
+    folder is the user's to fix, not a bug.
+    """
+    try:
+        yield
+    except OSError as e:
+        raise LlmesrError(describe_os_error(e, action)) from None
+
+
+def make_dirs(path: str | Path, what: str = "folder") -> Path:
+    """``mkdir -p`` that explains, in one line, why a folder cannot be made."""
+    p = Path(path)
+    if p.exists() and not p.is_dir():
+        raise LlmesrError(f"cannot create the {what} {p}: a file of that name is in the way")
+    try:
+        p.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise LlmesrError(describe_os_error(e, f"create the {what}")) from None
+    return p
+
+
+@contextlib.contextmanager
+def atomic_file(path: str | Path, mode: str = "wb", encoding: str | None = None,
+                newline: str | None = None) -> Iterator[IO[Any]]:
+    """Write ``path`` through a temporary file in the same folder, renamed into place on
+    success (readers never see half a file; a failure leaves the old file as it was). The
+    file gets the usual permissions (0666 less the umask), not ``mkstemp``'s 0600."""
     p = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(obj, f, indent=2, sort_keys=False, ensure_ascii=False)
-            f.write("\n")
+        with os.fdopen(fd, mode, encoding=encoding, newline=newline) as f:
+            yield f
             f.flush()
             os.fsync(f.fileno())
+            os.fchmod(f.fileno(), public_mode())
         os.replace(tmp, p)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -124,12 +222,20 @@ def write_json_atomic(path: str | Path, obj: Any) -> None:
         raise
 
 
+def write_json_atomic(path: str | Path, obj: Any) -> None:
+    """Write JSON to ``path`` via a temporary file and rename, so readers never see half a file."""
+    with atomic_file(path, "w", encoding="utf-8") as f:
+        json.dump(obj, f, indent=2, sort_keys=False, ensure_ascii=False)
+        f.write("\n")
+
+
 @contextlib.contextmanager
 def atomic_directory(target: str | Path, overwrite: bool = False) -> Iterator[Path]:
     """Build a directory under a temporary name and move it to ``target`` only on success.
 
     On any exception the temporary directory is removed and an existing ``target`` is left as
-    it was, so a failed or interrupted run never leaves something that looks complete.
+    it was, so a failed or interrupted run never leaves something that looks complete. The
+    folder gets the usual permissions (0777 less the umask), not ``mkdtemp``'s 0700.
     """
     target = Path(target)
     if target.exists() and not overwrite:
@@ -137,10 +243,15 @@ def atomic_directory(target: str | Path, overwrite: bool = False) -> Iterator[Pa
                           "replace it)")
     if target.exists() and not target.is_dir():
         raise LlmesrError(f"output path exists and is not a directory: {target}")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".partial", dir=target.parent))
+    make_dirs(target.parent, "output folder")
+    try:
+        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".partial",
+                                    dir=target.parent))
+    except OSError as e:
+        raise LlmesrError(describe_os_error(e, "write the output directory")) from None
     try:
         yield tmp
+        os.chmod(tmp, public_mode(directory=True))
         if target.exists():
             old = target.with_name(f".{target.name}.old-{os.getpid()}")
             os.replace(target, old)

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from llmesr.data.io import sha256_file, verify_sha256
+from llmesr.data.io import read_text, sha256_file, verify_sha256
 from llmesr.errors import ChecksumError, LlmesrError
 
 
@@ -190,7 +190,7 @@ def read_provenance(folder: Path) -> dict[str, str]:
     prov = folder / "PROVENANCE.tsv"
     if not prov.is_file():
         return out
-    for line in prov.read_text(encoding="utf-8").splitlines():
+    for line in read_text(prov).splitlines():
         parts = line.split("\t")
         for p in parts[1:]:
             if p.startswith("sha256="):

@@ -18,6 +18,12 @@ from llmesr.errors import DataFormatError, EmptyResultError
 #: Columns an interactions table may carry. ``user`` and ``item`` are required raw ids (strings);
 #: ``timestamp`` is integer Unix seconds; ``rating`` is a float.
 INTERACTION_COLUMNS = ("user", "item", "timestamp", "rating")
+#: Longest raw id accepted (longer ones are whole lines read as one field: a wrong separator
+#: or an open quote).
+MAX_ID_CHARS = 1000
+#: Largest accepted Unix time in seconds (about 330 years from 1970): beyond it, and for inf,
+#: a "timestamp" would become a garbage integer.
+MAX_SECONDS = 10_413_792_000
 
 
 @dataclass
@@ -61,6 +67,17 @@ class RawData:
             if inter[col].isna().any():
                 row = int(inter[col].isna().to_numpy().nonzero()[0][0])
                 raise DataFormatError(f"interaction #{row + 1} has no {col} id")
+            try:
+                lengths = inter[col].astype(object).str.len()
+            except AttributeError:      # not strings at all (e.g. integer ids): short enough
+                lengths = pd.Series(0, index=inter.index)
+            lengths = lengths.fillna(0).to_numpy(dtype="int64")
+            if lengths.max() > MAX_ID_CHARS:
+                row = int(lengths.argmax())
+                src = ", ".join(str(s) for s in self.sources) or "the input"
+                raise DataFormatError(f"interaction #{row + 1} of {src}: the {col} id is "
+                                      f"{lengths[row]:,} characters long (at most "
+                                      f"{MAX_ID_CHARS:,}); is the file in the right format?")
         if "item" not in self.items.columns:
             raise DataFormatError(f"{self.reader} reader produced an item table without 'item'")
         if self.items["item"].duplicated().any():

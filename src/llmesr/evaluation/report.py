@@ -170,11 +170,14 @@ class RunResult:
 
 def _read_json(path: Path, what: str) -> dict[str, Any]:
     try:
-        return json.loads(path.read_text())
+        obj = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise LlmesrError(f"{path.parent} has no {path.name}: {what}") from None
-    except (OSError, json.JSONDecodeError) as e:
-        raise LlmesrError(f"cannot read {path} ({e})") from None
+    except (OSError, ValueError) as e:    # JSONDecodeError and UnicodeDecodeError included
+        raise LlmesrError(f"cannot read {path} ({e}); it is damaged") from None
+    if not isinstance(obj, dict):
+        raise LlmesrError(f"{path} is damaged (a JSON {type(obj).__name__}, not an object)")
+    return obj
 
 
 def expand_run_dirs(paths: list[str | Path]) -> list[Path]:
@@ -195,9 +198,13 @@ def expand_run_dirs(paths: list[str | Path]) -> list[Path]:
 def load_run_result(path: str | Path) -> RunResult:
     path = Path(path)
     config = _read_json(path / "config.json", "not a run directory")
+    if not (isinstance(config.get("configs"), dict) and isinstance(config.get("dataset"), dict)
+            and all(isinstance(config["configs"].get(k), dict) for k in ("model", "train"))):
+        raise LlmesrError(f"{path / 'config.json'} is not an llmesr run's config (no "
+                          "configs.model / configs.train / dataset)")
     metrics = _read_json(path / "metrics.json", "the run has not finished (train it to the end, "
                          "or run 'llmesr evaluate' on it)")
-    if "test" not in metrics or not metrics["test"]:
+    if not isinstance(metrics.get("test"), dict) or not metrics["test"]:
         raise LlmesrError(f"{path / 'metrics.json'} has no test metrics")
     try:
         users = np.load(path / "ranks_test_users.npy", allow_pickle=False)
@@ -322,10 +329,16 @@ def case_info(run: RunResult, data_dir: str | Path | None = None) -> CaseInfo:
 
 def build_report(runs: list[RunResult], *, baseline: str | None = "id",
                  data_dir: str | Path | None = None,
-                 metrics: tuple[str, ...] = MAIN_METRICS) -> dict[str, Any]:
+                 metrics: tuple[str, ...] = MAIN_METRICS,
+                 require_baseline: bool = False) -> dict[str, Any]:
     """Mean ± std over seeds per variant, protocol and group; paired tests against
     ``baseline`` (a variant label or model name, compared within each backbone); the
-    five-bucket breakdowns. Returns a JSON-ready dict (see :func:`write_report`)."""
+    five-bucket breakdowns. Returns a JSON-ready dict (see :func:`write_report`).
+
+    Any set of runs can be reported: when no run matches ``baseline`` the tables are made
+    without tests and ``significance`` says why (``require_baseline=True`` makes it an error
+    instead, for a baseline the user named). Backbones without a baseline run are not tested.
+    """
     from llmesr.evaluation.stats import holm, paired_tests, per_case
 
     variants = group_variants(runs)
@@ -350,13 +363,28 @@ def build_report(runs: list[RunResult], *, baseline: str | None = "id",
                                       f"{v.backbone}; use one of the labels: "
                                       f"{', '.join(w.label for w in variants)}")
                 base[v.backbone] = v
-        if not base:
+        if not base and require_baseline:
             raise LlmesrError(f"no run matches --baseline {baseline!r}; labels: "
                               f"{', '.join(v.label for v in variants)}")
+    labels = ", ".join(dict.fromkeys(v.label for v in variants))
+    if not baseline:
+        significance = "not asked for (--baseline none)"
+    elif not base:
+        significance = (f"skipped: no run is the baseline {baseline!r} (the models are: "
+                        f"{labels}); pass --baseline with one of them to test the others "
+                        "against it")
+    else:
+        untested = sorted({v.backbone for v in variants} - set(base))
+        others = [v for v in variants if base.get(v.backbone) not in (None, v)]
+        significance = (f"{len(others)} model(s) tested against {baseline!r}" if others else
+                        f"skipped: only the baseline {baseline!r} was given")
+        if untested:
+            significance += (f"; not tested (no {baseline!r} run): {', '.join(untested)}")
     masks = info.masks()
     out: dict[str, Any] = {
         "dataset": variants[0].runs[0].config["dataset"].get("name"),
-        "baseline": baseline if base else None, "alpha": ALPHA, "metrics": list(metrics),
+        "baseline": baseline if base else None, "significance": significance,
+        "alpha": ALPHA, "metrics": list(metrics),
         "counts": {g: int(m.sum()) for g, m in masks.items()},
         "user_buckets": _bucket_names(USER_BUCKETS), "item_buckets": _bucket_names(ITEM_BUCKETS),
         "user_bucket_counts": np.bincount(info.user_bucket, minlength=5).tolist(),
@@ -429,16 +457,20 @@ def report_markdown(rep: dict[str, Any], plots: dict[str, str] | None = None) ->
     variants = rep["variants"]
     multi_bb = len({v["backbone"] for v in variants}) > 1
     seeds = sorted({s for v in variants for s in v["seeds"]})
-    lines = [f"# {rep['dataset']}: {len(variants)} models, seeds {', '.join(map(str, seeds))}",
+    lines = [f"# {rep['dataset']}: {len(variants)} model{'s' * (len(variants) != 1)}, "
+             f"seed{'s' * (len(seeds) != 1)} {', '.join(map(str, seeds))}",
              ""]
     c = rep["counts"]
     lines.append("Test cases: " + ", ".join(f"{GROUP_TITLES[g]} {c[g]:,}" for g in GROUPS)
                  + ". Cells: mean ± standard deviation over seeds.")
-    if rep["baseline"]:
+    tested = any(res["tests"] for res in rep["protocols"].values())
+    if rep["baseline"] and tested:
         lines.append(f"↑ / ↓: better / worse than `{rep['baseline']}` (same backbone) under "
                      "both a paired t-test and a Wilcoxon signed-rank test on per-user "
                      f"values (averaged over seeds), Holm-corrected over the table, p < "
                      f"{rep['alpha']}.")
+    if rep.get("significance") and not (tested and "not tested" not in rep["significance"]):
+        lines.append(f"Significance tests: {rep['significance']}.")
     names = {"full": "Full ranking (all items)",
              "sampled": "Sampled ranking (target + 100 sampled negatives, the paper's protocol)"}
     short = {"HR@10": "H@10", "NDCG@10": "N@10"}
@@ -565,13 +597,15 @@ def report_bucket_curves(rep: dict[str, Any], path: Path, metric: str = "HR@10")
 
 def item_embedding_tsne(rep: dict[str, Any], path: Path, *, max_items: int = 3000,
                         seed: int = 0, data_dir: str | Path | None = None,
-                        progress=None) -> Path:
+                        progress: bool | None = None) -> Path:
     """t-SNE maps of the item embeddings (the first seed of each variant), coloured by the
     items' popularity (log scale), tail items as in SPEC §2; the same sampled items in every
-    panel."""
+    panel. ``progress``: a bar with the time left, one step per map (``None``: only when
+    standard error is a terminal); each map takes seconds to a minute."""
     from sklearn.manifold import TSNE
 
     import torch
+    from tqdm.auto import tqdm
 
     from llmesr.data.artifact import load_dataset
     from llmesr.training.trainer import load_run
@@ -584,14 +618,18 @@ def item_embedding_tsne(rep: dict[str, Any], path: Path, *, max_items: int = 300
     pop = ds.item_table["popularity"].to_numpy()
     rng = np.random.default_rng(seed)
     ids = np.sort(rng.choice(len(pop), size=min(max_items, len(pop)), replace=False)) + 1
+    if len(ids) < 4:
+        raise LlmesrError(f"a t-SNE map needs at least 4 items, the dataset has {len(pop)}; "
+                          "pass --no-tsne")
     cols = min(3, len(variants))
     rows = -(-len(variants) // cols)
     fig, axes = plt.subplots(rows, cols, figsize=(4.6 * cols, 4.2 * rows), squeeze=False)
     names = dict(_names(rep))
     sc = None
+    bar = tqdm(total=len(variants), desc=f"t-SNE ({len(ids):,} items)", unit="map",
+               disable=None if progress is None else not progress, leave=False)
     for ax, v in zip(axes.flat, variants):
-        if progress:
-            progress(f"t-SNE of {names[v['label']]} item embeddings ({len(ids):,} items)")
+        bar.set_postfix_str(names[v["label"]], refresh=True)
         model, _ = load_run(v["runs"][0])
         with torch.no_grad():
             emb = model.item_embeddings(torch.from_numpy(ids)).float().numpy()
@@ -603,6 +641,8 @@ def item_embedding_tsne(rep: dict[str, Any], path: Path, *, max_items: int = 300
         ax.set_title(names[v["label"]])
         ax.set_xticks([])
         ax.set_yticks([])
+        bar.update()
+    bar.close()
     for ax in list(axes.flat)[len(variants):]:
         ax.axis("off")
     if sc is not None:
@@ -613,29 +653,37 @@ def item_embedding_tsne(rep: dict[str, Any], path: Path, *, max_items: int = 300
 
 def write_report(run_dirs: list[str | Path], out: str | Path, *, baseline: str | None = "id",
                  data_dir: str | Path | None = None, tsne: bool = True,
-                 tsne_items: int = 3000, log=print) -> dict[str, Any]:
-    """``llmesr report``: report.md, report.csv, report.json and the plots, in ``out``."""
-    from llmesr.data.io import write_json_atomic
+                 tsne_items: int = 3000, log=print, require_baseline: bool = False,
+                 progress: bool | None = None) -> dict[str, Any]:
+    """``llmesr report``: report.md, report.csv, report.json and the plots, in ``out``.
 
+    Works on any set of runs of one dataset: without a ``baseline`` run the significance
+    tests are skipped (and the report says so). ``progress``: a bar for the t-SNE maps
+    (``None``: when standard error is a terminal)."""
+    from llmesr.data.io import atomic_file, make_dirs, os_errors_as_user_errors, write_json_atomic
+
+    if tsne and tsne_items < 4:
+        raise LlmesrError("--tsne-items must be at least 4 (or pass --no-tsne)")
     runs = [load_run_result(p) for p in expand_run_dirs(run_dirs)]
-    rep = build_report(runs, baseline=baseline, data_dir=data_dir)
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    plots = {"HR@10 by group": report_group_bars(rep, out / "groups.png").name,
-             "HR@10 by history length and item popularity":
-                 report_bucket_curves(rep, out / "buckets.png").name}
-    if tsne:
-        plots["t-SNE of item embeddings"] = item_embedding_tsne(
-            rep, out / "tsne.png", max_items=tsne_items, data_dir=data_dir, progress=log).name
-    write_json_atomic(out / "report.json", rep)
-    rows = report_rows(rep)
-    tmp = out / "report.csv.tmp"
-    with open(tmp, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
-    tmp.replace(out / "report.csv")
-    md = report_markdown(rep, plots)
-    (out / "report.md.tmp").write_text(md)
-    (out / "report.md.tmp").replace(out / "report.md")
+    rep = build_report(runs, baseline=baseline, data_dir=data_dir,
+                       require_baseline=require_baseline)
+    if rep["significance"].startswith("skipped") or "not tested" in rep["significance"]:
+        log(f"significance tests: {rep['significance']}")
+    out = make_dirs(out, "report folder")
+    with os_errors_as_user_errors(f"write the report in {out}"):
+        plots = {"HR@10 by group": report_group_bars(rep, out / "groups.png").name,
+                 "HR@10 by history length and item popularity":
+                     report_bucket_curves(rep, out / "buckets.png").name}
+        if tsne:
+            plots["t-SNE of item embeddings"] = item_embedding_tsne(
+                rep, out / "tsne.png", max_items=tsne_items, data_dir=data_dir,
+                progress=progress).name
+        write_json_atomic(out / "report.json", rep)
+        rows = report_rows(rep)
+        with atomic_file(out / "report.csv", "w", encoding="utf-8", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=list(rows[0]))
+            w.writeheader()
+            w.writerows(rows)
+        with atomic_file(out / "report.md", "w", encoding="utf-8") as f:
+            f.write(report_markdown(rep, plots))
     return rep

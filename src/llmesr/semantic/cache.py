@@ -16,7 +16,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 import uuid
 import zipfile
 from collections.abc import Callable
@@ -25,6 +24,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
+from llmesr.data.io import atomic_file, make_dirs
 from llmesr.errors import LlmesrError
 
 
@@ -38,7 +38,7 @@ class EmbeddingCache:
     def __init__(self, root: str | Path, identity: str):
         self.identity = identity
         self.dir = Path(root) / hashlib.sha256(identity.encode()).hexdigest()[:24]
-        self.dir.mkdir(parents=True, exist_ok=True)
+        make_dirs(self.dir, "embedding cache folder")
         ident = self.dir / "identity.json"
         if not ident.exists():
             tmp = ident.with_name(f".identity.{uuid.uuid4().hex}.tmp")
@@ -94,17 +94,9 @@ class EmbeddingCache:
             raise LlmesrError(f"encoder returned {vectors.shape[1]}-d vectors but the cache "
                               f"holds {self.dim}-d ones for the same identity")
         key_arr = np.array(keys, dtype="S32")
-        fd, tmp = tempfile.mkstemp(prefix=".shard-", suffix=".tmp", dir=self.dir)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                np.savez(f, keys=key_arr, vectors=vectors)
-                f.flush()
-                os.fsync(f.fileno())
-            final = self.dir / f"shard-{uuid.uuid4().hex}.npz"
-            os.replace(tmp, final)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        # flushed, given the usual permissions and renamed into place (.shard-*.tmp until then)
+        with atomic_file(self.dir / f"shard-{uuid.uuid4().hex}.npz") as f:
+            np.savez(f, keys=key_arr, vectors=vectors)
         if self.dim is None:
             self.dim = int(vectors.shape[1])
         s = len(self._shards)

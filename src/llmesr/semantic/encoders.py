@@ -17,6 +17,7 @@ Encoders:
 from __future__ import annotations
 
 import hashlib
+import inspect
 import os
 import re
 from abc import ABC, abstractmethod
@@ -91,8 +92,10 @@ class HashingEncoder(TextEncoder):
     name = "hash"
 
     def __init__(self, dim: int = 256, batch_size: int = 1024, delay: float = 0.0):
-        if dim < 2:
+        if dim is None or dim < 2:
             raise LlmesrError("hash encoder dim must be >= 2")
+        if batch_size is None or batch_size < 1:
+            raise LlmesrError("hash encoder batch_size must be >= 1")
         self._dim = int(dim)
         self.batch_size = int(batch_size)
         self.delay = float(delay)
@@ -152,6 +155,10 @@ class SentenceTransformerEncoder(TextEncoder):
 
     def __init__(self, model: str | None = None, device: str | None = None,
                  batch_size: int = 64, normalize: bool = False, max_seq_length: int | None = None):
+        if batch_size is None or int(batch_size) < 1:
+            raise LlmesrError("sentence-transformers encoder batch_size must be >= 1")
+        if max_seq_length is not None and int(max_seq_length) < 1:
+            raise LlmesrError("sentence-transformers encoder max_seq_length must be >= 1")
         self.model_ref = model or DEFAULT_MODEL
         self.device = device
         self.batch_size = int(batch_size)
@@ -233,26 +240,89 @@ class SentenceTransformerEncoder(TextEncoder):
                             normalize_embeddings=self.normalize, show_progress_bar=False)
 
 
+#: constructor arguments that the spec string sets, or that are for tests only
+_NOT_OPTIONS = {"self", "model", "sleep", "delay"}
+
+
+def _option_type(param: inspect.Parameter) -> type | None:
+    """int, float, bool or str for a constructor argument, from its annotation or default."""
+    ann = param.annotation if isinstance(param.annotation, str) else getattr(
+        param.annotation, "__name__", "")
+    for name, kind in (("bool", bool), ("int", int), ("float", float), ("str", str)):
+        if ann.split("|")[0].strip() == name:
+            return kind
+    default = param.default
+    if default is not inspect.Parameter.empty and default is not None:
+        return type(default) if type(default) in (bool, int, float, str) else None
+    return None
+
+
+def _convert(value: Any, kind: type | None, key: str, encoder: str) -> Any:
+    if not isinstance(value, str) or kind in (None, str):
+        return value
+    text = value.strip()
+    if text.lower() in ("none", "null", ""):
+        return None
+    try:
+        if kind is bool:
+            if text.lower() in ("1", "true", "yes", "on"):
+                return True
+            if text.lower() in ("0", "false", "no", "off"):
+                return False
+            raise ValueError
+        return kind(text)
+    except ValueError:
+        wanted = {bool: "true or false", int: "an integer"}.get(kind, "a number")
+        raise LlmesrError(f"{encoder} encoder option {key}={value!r}: expected {wanted}"
+                          ) from None
+
+
+def check_options(cls: type, options: dict[str, Any], encoder: str) -> dict[str, Any]:
+    """``options`` for ``cls(...)``: unknown keys refused (naming the known ones), strings from
+    the command line converted to each argument's type (``batch_size=abc`` is an error)."""
+    signature = inspect.signature(cls.__init__).parameters
+    params = {n: p for n, p in signature.items()
+              if n not in _NOT_OPTIONS and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+    internal = (set(signature) & _NOT_OPTIONS) - {"self", "model"}   # from Python only
+    unknown = sorted(set(options) - set(params) - internal)
+    if unknown:
+        raise LlmesrError(f"the {encoder} encoder has no option(s) {', '.join(unknown)}; its "
+                          f"options are: {', '.join(params) or 'none'}")
+    return {k: _convert(v, _option_type(params[k]), k, encoder) if k in params else v
+            for k, v in options.items()}
+
+
 def make_encoder(spec: str | None = None, **options: Any) -> TextEncoder:
     """Build an encoder from a spec string.
 
     ``None`` / ``"default"``: the bundled all-MiniLM-L6-v2; ``"hash"`` / ``"hash:DIM"``: the
     hashing encoder; ``"openai:MODEL"``: an OpenAI-compatible API (options ``base_url``,
     ``api_key_env``...); ``"st:NAME_OR_PATH"`` or any other string: a sentence-transformers
-    model path or name.
+    model path or name. ``options`` are the encoder's constructor arguments; strings (as from
+    ``--encoder-opt``) are converted to their types, and an unknown option is an error.
     """
     if spec in (None, "", "default", DEFAULT_MODEL):
-        return SentenceTransformerEncoder(None, **options)
+        return SentenceTransformerEncoder(
+            None, **check_options(SentenceTransformerEncoder, options, "sentence-transformers"))
     if spec == "hash" or spec.startswith("hash:"):
-        dim = int(spec.split(":", 1)[1]) if ":" in spec else 256
-        return HashingEncoder(dim=dim, **options)
+        text = spec.split(":", 1)[1] if ":" in spec else "256"
+        if not text.strip().isdigit():
+            raise LlmesrError(f"--encoder {spec}: the hash encoder's size must be an integer, "
+                              "e.g. hash:256")
+        options = check_options(HashingEncoder, options, "hash")
+        if "dim" in options and ":" in spec:
+            raise LlmesrError("give the hash encoder's size once: --encoder hash:DIM")
+        options.setdefault("dim", int(text))
+        return HashingEncoder(**options)
     if spec.startswith("openai:"):
         from llmesr.semantic.openai_api import OpenAIEncoder
 
-        return OpenAIEncoder(model=spec.split(":", 1)[1], **options)
+        return OpenAIEncoder(model=spec.split(":", 1)[1],
+                             **check_options(OpenAIEncoder, options, "openai"))
     if spec.startswith("st:"):
         spec = spec[3:]
-    return SentenceTransformerEncoder(spec, **options)
+    return SentenceTransformerEncoder(
+        spec, **check_options(SentenceTransformerEncoder, options, "sentence-transformers"))
 
 
 def encoder_from_description(desc: dict[str, Any]) -> TextEncoder:

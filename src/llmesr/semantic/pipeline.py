@@ -22,8 +22,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -31,8 +29,9 @@ from typing import Any
 import numpy as np
 
 from llmesr import __version__
-from llmesr.data.artifact import load_dataset
-from llmesr.data.io import sha256_file, write_json_atomic
+from llmesr.data.artifact import SequenceDataset, load_dataset
+from llmesr.data.io import (atomic_file, make_dirs, os_errors_as_user_errors, sha256_file,
+                            write_json_atomic)
 from llmesr.data.registry import get_entry
 from llmesr.errors import LlmesrError
 from llmesr.semantic.cache import EmbeddingCache, embed_texts
@@ -67,16 +66,8 @@ def _texts_digest(texts: list[str]) -> str:
 
 
 def _save_npy(path: Path, array: np.ndarray) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.save(f, array)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_file(path) as f:
+        np.save(f, array)
 
 
 def _previous(out: Path) -> dict[str, Any]:
@@ -111,15 +102,28 @@ def embed(data_dir: str | Path, *, encoder: TextEncoder | str | None = None,
         raise LlmesrError(f"{data_dir} has no item text, so there is nothing to embed; prepare "
                           "it with an item-text file, or import the authors' embeddings with "
                           "'llmesr import-authors'")
+    if users:
+        ds.users          # a damaged users table fails here, before any embedding work
     enc = encoder if isinstance(encoder, TextEncoder) else make_encoder(
         encoder, **(encoder_options or {}))
     cfg = (prompt or default_prompt_config(ds.manifest)).validate()
-    out = Path(data_dir) / "semantic" / enc.slug
-    out.mkdir(parents=True, exist_ok=True)
-    prev = _previous(out)
-    prev_stages = prev.get("stages", {})
+    make_dirs(Path(data_dir) / "semantic", "embeddings folder")
+    out = make_dirs(Path(data_dir) / "semantic" / enc.slug, "embeddings folder")
     cache = EmbeddingCache(Path(cache_dir) if cache_dir else Path(data_dir) / "semantic" /
                            ".cache", enc.identity)
+    # A folder that cannot be written (permissions, a full disk, a file in the way) is the
+    # user's to fix: one line, not a traceback. Finished stages stay reusable.
+    with os_errors_as_user_errors(f"write the embeddings in {out}"):
+        return _embed(ds, data_dir, enc, cfg, out, cache, pca_dim=pca_dim, neighbors=neighbors,
+                      backend=backend, users=users, progress=progress, log=log,
+                      t_start=t_start)
+
+
+def _embed(ds: SequenceDataset, data_dir: str | Path, enc: TextEncoder, cfg: PromptConfig,
+           out: Path, cache: EmbeddingCache, *, pca_dim: int, neighbors: int, backend: str,
+           users: bool, progress: bool, log, t_start: float) -> dict[str, Any]:
+    prev = _previous(out)
+    prev_stages = prev.get("stages", {})
     builder = PromptBuilder(ds.item_table, cfg)
     stages: dict[str, Any] = {}
     timings: dict[str, float] = {}
@@ -153,6 +157,13 @@ def embed(data_dir: str | Path, *, encoder: TextEncoder | str | None = None,
 
     # ---- PCA ------------------------------------------------------------------------------
     t0 = time.perf_counter()
+    asked = pca_dim
+    pca_dim = min(pca_dim, *items.shape)
+    if pca_dim < asked:
+        # a small catalogue (or a small embedding) cannot give more components than it has
+        log(f"pca: {asked} dimensions asked for, but {items.shape[0]:,} items of dimension "
+            f"{items.shape[1]} give at most {pca_dim}; using {pca_dim} (train with "
+            f"--set hidden={pca_dim} to use them)")
     fp_pca = _digest([stages["items"]["fingerprint"], pca_dim])
     if pca_dim:
         if reusable("pca", fp_pca, ["items_pca.npy", "pca_components.npy", "pca_mean.npy"]):
@@ -162,7 +173,7 @@ def embed(data_dir: str | Path, *, encoder: TextEncoder | str | None = None,
             _save_npy(out / "items_pca.npy", res.projected)
             _save_npy(out / "pca_components.npy", res.components)
             _save_npy(out / "pca_mean.npy", res.mean)
-            stages["pca"] = {"fingerprint": fp_pca, "dim": pca_dim,
+            stages["pca"] = {"fingerprint": fp_pca, "dim": pca_dim, "dim_asked": asked,
                              "explained_variance": round(float(
                                  res.explained_variance_ratio.sum()), 6)}
     timings["pca"] = time.perf_counter() - t0

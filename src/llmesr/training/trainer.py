@@ -76,36 +76,95 @@ def resolve_device(name: str) -> torch.device:
 
 def find_embeddings(data_dir: Path, name: str | None = None) -> Path | None:
     """The semantic folder to use: ``name`` (a folder or a path), else the only/first one."""
+    root = data_dir / "semantic"
+    found = sorted(p for p in root.iterdir() if p.is_dir() and (p / "manifest.json").is_file()) \
+        if root.is_dir() else []
     if name:
         p = Path(name)
-        p = p if p.is_dir() else data_dir / "semantic" / name
+        p = p if p.is_dir() else root / name
         if not (p / "manifest.json").is_file():
-            raise LlmesrError(f"no embeddings at {p}; run 'llmesr embed {data_dir}'")
+            raise LlmesrError(f"no embeddings at {p}; run 'llmesr embed {data_dir}'"
+                              + (f" (there are: {', '.join(f.name for f in found)})"
+                                 if found else ""))
         return p
-    root = data_dir / "semantic"
-    found = sorted(p for p in root.iterdir() if (p / "manifest.json").is_file()) \
-        if root.is_dir() else []
     return found[0] if found else None
 
 
-def load_semantic(folder: Path | None, needs: bool) -> tuple[np.ndarray | None,
-                                                             np.ndarray | None,
-                                                             np.ndarray | None]:
-    """(item embeddings, PCA, neighbours) from an embed/import folder."""
+def load_semantic(folder: Path | None, needs: bool, *, num_items: int | None = None,
+                  num_users: int | None = None, hidden: int | None = None
+                  ) -> tuple[np.ndarray | None, np.ndarray | None, np.ndarray | None]:
+    """(item embeddings, PCA, neighbours) from an embed/import folder, checked.
+
+    Each array must load (a truncated or damaged ``.npy`` is an error that says to embed
+    again) and fit the dataset: one row per item (``num_items``) or user (``num_users``),
+    finite values, neighbour indices that name existing users. Counts default to those the
+    folder's manifest records. ``hidden``: when the PCA table initialises the ID table, its
+    size must be the model's ``hidden``.
+    """
     if folder is None:
         if needs:
             raise LlmesrError("this model needs LLM embeddings; run 'llmesr embed DATA_DIR' "
                               "first (or pass --embeddings)")
         return None, None, None
+    try:
+        recorded = json.loads((folder / "manifest.json").read_text(encoding="utf-8"))
+        recorded = recorded.get("dataset", {}) if isinstance(recorded, dict) else {}
+    except (OSError, ValueError):
+        recorded = {}
+    n_items = num_items if num_items is not None else recorded.get("items")
+    n_users = num_users if num_users is not None else recorded.get("users")
+    again = "run 'llmesr embed' (or 'llmesr import-authors') again"
 
     def opt(name: str) -> np.ndarray | None:
         f = folder / name
-        return np.load(f, allow_pickle=False) if f.is_file() else None
+        if not f.exists():
+            return None
+        if not f.is_file():
+            raise LlmesrError(f"{f} is not a file; {again}")
+        try:
+            a = np.load(f, allow_pickle=False)
+        except (ValueError, OSError, EOFError) as e:
+            msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+            raise LlmesrError(f"{f} is truncated or damaged ({msg}); {again}") from None
+        if a.ndim != 2 or a.shape[1] == 0:
+            raise LlmesrError(f"{f} has shape {a.shape}, expected a 2-d table; {again}")
+        rows, what = (n_users, "users") if name == "neighbors.npy" else (n_items, "items")
+        if rows is not None and a.shape[0] != rows:
+            raise LlmesrError(f"{f} has {a.shape[0]:,} rows but the dataset has {rows:,} "
+                              f"{what}: the embeddings belong to another dataset or an earlier "
+                              f"preparation of it; {again}")
+        return a
 
-    return opt("items.npy"), opt("items_pca.npy"), opt("neighbors.npy")
+    llm, pca, nbrs = opt("items.npy"), opt("items_pca.npy"), opt("neighbors.npy")
+    for name, a in (("items.npy", llm), ("items_pca.npy", pca)):
+        if a is not None and (a.dtype.kind not in "fiu" or not np.isfinite(a).all()):
+            raise LlmesrError(f"{folder / name} holds values that are not finite numbers; "
+                              f"{again}")
+    if nbrs is not None:
+        if nbrs.dtype.kind not in "iu":
+            raise LlmesrError(f"{folder / 'neighbors.npy'} holds {nbrs.dtype} values, not "
+                              f"user indices; {again}")
+        limit = n_users if n_users is not None else len(nbrs)
+        if nbrs.size and (nbrs.min() < 0 or nbrs.max() >= limit):
+            bad = int(nbrs.max()) if nbrs.max() >= limit else int(nbrs.min())
+            raise LlmesrError(f"{folder / 'neighbors.npy'} names user row {bad}, but the "
+                              f"dataset's user rows are 0..{limit - 1}; {again}")
+    if pca is not None and hidden is not None and pca.shape[1] != hidden:
+        most = min(n_items if n_items is not None else hidden,
+                   llm.shape[1] if llm is not None else hidden)
+        fix = (f"these embeddings give at most {most} PCA dimensions: train with --set "
+               f"hidden={pca.shape[1]}"
+               if hidden > most else
+               f"embed with --pca-dim {hidden}, or train with --set hidden={pca.shape[1]}")
+        raise LlmesrError(f"the PCA table {folder / 'items_pca.npy'} has {pca.shape[1]} "
+                          f"dimensions but the model has hidden={hidden}; {fix}")
+    return llm, pca, nbrs
 
 
 class Trainer:
+    #: progress bars while ranking in evaluate() (evaluate_run turns them on)
+    eval_bars = False
+
     def __init__(self, data_dir: str | Path, mcfg: ModelConfig, tcfg: TrainConfig,
                  run_dir: str | Path, *, embeddings: str | None = None, resume: bool = False,
                  overwrite: bool = False, progress: bool = True, log=print,
@@ -130,7 +189,9 @@ class Trainer:
                                                 and mcfg.co_init == "pca")
         self.sem_dir = find_embeddings(self.data_dir, embeddings) if (
             needs_llm or needs_pca or (mcfg.model == "llmesr" and mcfg.alpha > 0)) else None
-        llm, pca, nbrs = load_semantic(self.sem_dir, needs_llm or needs_pca)
+        llm, pca, nbrs = load_semantic(self.sem_dir, needs_llm or needs_pca,
+                                       num_items=self.ds.num_items, num_users=self.ds.num_users,
+                                       hidden=mcfg.hidden if needs_pca else None)
         self.use_sd = mcfg.model == "llmesr" and mcfg.alpha > 0
         if self.use_sd and nbrs is None:
             raise LlmesrError("self-distillation needs similar users (neighbors.npy); run "
@@ -213,7 +274,7 @@ class Trainer:
                         for r in rows] if self.tcfg.exclude_seen else None
                 ranks = full_ranking_ranks(fn, rows, targets, self.ds.num_items,
                                            batch_size=self.tcfg.eval_batch_size, exclude=seen,
-                                           ties=self.tcfg.ties, progress=False)
+                                           ties=self.tcfg.ties, progress=self.eval_bars)
             else:
                 # negatives avoid the user's evaluation sequence (history + target), SPEC §6
                 histories = [self.view.items[self.starts[r]:self.starts[r] + hist[r] + 1]
@@ -223,7 +284,7 @@ class Trainer:
                        else fixed_rng(self.tcfg.seed, split))
                 ranks = sampled_ranks(fn, rows, targets, self.ds.num_items, histories,
                                       n_neg=100, rng=rng, batch_size=self.tcfg.eval_batch_size,
-                                      ties=self.tcfg.ties, progress=False)
+                                      ties=self.tcfg.ties, progress=self.eval_bars)
         return ranks, rows
 
     def grouped(self, ranks: np.ndarray, rows: np.ndarray, targets: np.ndarray
@@ -430,7 +491,8 @@ def load_run(run_dir: str | Path, device: str = "cpu") -> tuple[SequentialRecomm
 
 def evaluate_run(run_dir: str | Path, protocols: tuple[str, ...] | None = None, *,
                  data_dir: str | Path | None = None, device: str | None = None,
-                 exclude_seen: bool | None = None, log=print) -> dict[str, Any]:
+                 exclude_seen: bool | None = None, log=print,
+                 progress: bool = False) -> dict[str, Any]:
     """Recompute a run's test (and validation) metrics and per-user ranks from its best weights.
 
     ``protocols`` (default: the run's ``test_protocols``) are evaluated again; the metrics.json
@@ -478,6 +540,7 @@ def evaluate_run(run_dir: str | Path, protocols: tuple[str, ...] | None = None, 
         state = {"best_epoch": 0, "epoch": 0, "train_seconds": 0.0, "bad_epochs": 0}
     trainer = Trainer(data, mcfg, tcfg, run_dir, embeddings=embeddings, progress=False,
                       log=log, evaluate_only=True)
+    trainer.eval_bars = progress       # a bar per protocol and split, with time left
     metrics = trainer.finish(state, protocols)
     kept = {p: r for p, r in old.get("test", {}).items() if p not in metrics["test"]}
     if kept:

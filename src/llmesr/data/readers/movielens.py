@@ -10,7 +10,7 @@ import pandas as pd
 
 from llmesr.data.io import iter_lines, require_file
 from llmesr.data.readers.recbole import split_table_fast
-from llmesr.data.types import RawData
+from llmesr.data.types import MAX_SECONDS, RawData
 from llmesr.errors import DataFormatError, LlmesrError
 
 #: The 19 genres of ml-100k's ``u.item`` flags, in column order (used when ``u.genre`` is absent).
@@ -66,8 +66,11 @@ def _parse_ratings_slow(path: Path, sep: str, encoding: str) -> pd.DataFrame:
         try:
             t = int(ts)
         except ValueError:
-            raise DataFormatError(f"{path}:{lineno}: timestamp {ts!r} is not an integer "
+            raise DataFormatError(f"{path}:{lineno}: timestamp {ts[:60]!r} is not an integer "
                                   "(Unix seconds)") from None
+        if abs(t) > MAX_SECONDS:
+            raise DataFormatError(f"{path}:{lineno}: timestamp {ts[:60]!r} is not a Unix time "
+                                  "in seconds (more than 330 years from 1970)")
         users.append(user)
         items.append(item)
         ratings.append(r)
@@ -105,7 +108,8 @@ def _parse_ratings(path: Path, sep: str, encoding: str) -> pd.DataFrame:
         ts = table["timestamp"].to_numpy(dtype="int64")
         user_ok = (table["user"].str.strip() != "").all()
         item_ok = (table["item"].str.strip() != "").all()
-        if not (user_ok and item_ok and np.isfinite(rating).all()):
+        if not (user_ok and item_ok and np.isfinite(rating).all()
+                and (np.abs(ts) <= MAX_SECONDS).all()):
             table = None
     if table is None:
         return _parse_ratings_slow(path, sep, encoding)

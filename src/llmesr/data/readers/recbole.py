@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from llmesr.data.io import iter_lines, require_file
-from llmesr.data.types import RawData, empty_items
+from llmesr.data.types import MAX_SECONDS, RawData, empty_items
 from llmesr.errors import DataFormatError, LlmesrError
 
 #: Field types of RecBole's atomic-file headers (``name:type``).
@@ -228,6 +228,13 @@ def read_recbole(source: Path, items: Path | None = None, *,
         used[opt] = f if f and f in names else None
     if used["time_field"]:
         ts = _numeric(inter_path, table[used["time_field"]], used["time_field"], header_no)
+        far = np.abs(ts) > MAX_SECONDS
+        if far.any():
+            row = int(far.nonzero()[0][0])
+            value = str(table[used["time_field"]].iloc[row])[:60]
+            raise DataFormatError(f"{inter_path}:{_line_of(inter_path, row, header_no)}: field "
+                                  f"'{used['time_field']}' is {value!r}, not a Unix time in "
+                                  "seconds (more than 330 years from 1970)")
         inter["timestamp"] = pd.Series(np.floor(ts).astype("int64"))
     if used["rating_field"]:
         inter["rating"] = pd.Series(_numeric(inter_path, table[used["rating_field"]],

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from llmesr.data.io import iter_lines, open_text, require_file
+from llmesr.data.io import first_char, iter_lines, read_text, require_file
 from llmesr.data.types import RawData, empty_items
 from llmesr.errors import DataFormatError, LlmesrError
 
@@ -68,10 +68,7 @@ def read_item_text(path: Path, key_to_item: dict[str, str] | None, valid_items: 
                    text_keys: str, text_field: str) -> tuple[pd.DataFrame, list[str]]:
     """Read an item-text file: a JSON object ``{key: {field: text}}`` or ``KEY text`` lines."""
     require_file(path, "item-text file")
-    with open_text(path) as f:
-        head = f.read(1)
-        while head and head.isspace():
-            head = f.read(1)
+    head = first_char(path)
     records: dict[str, dict[str, object]] = {}
 
     def item_of(key: str, where: str) -> str:
@@ -91,10 +88,12 @@ def read_item_text(path: Path, key_to_item: dict[str, str] | None, valid_items: 
 
     if head == "{":
         try:
-            with open_text(path) as f:
-                obj = json.load(f)
+            obj = json.loads(read_text(path))
         except json.JSONDecodeError as e:
             raise DataFormatError(f"{path}:{e.lineno}: invalid JSON ({e.msg})") from None
+        if not isinstance(obj, dict):
+            raise DataFormatError(f"{path}: expected one JSON object {{key: text}}, got "
+                                  f"{type(obj).__name__}")
         for key, value in obj.items():
             iid = item_of(str(key), f"{path}: key {key!r}")
             if isinstance(value, dict):

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import gzip
+import json
+import zlib
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from llmesr.data.io import require_file
-from llmesr.data.types import RawData, empty_items
+from llmesr.data.io import iter_lines, require_file
+from llmesr.data.types import MAX_ID_CHARS, MAX_SECONDS, RawData, empty_items
 from llmesr.errors import DataFormatError, LlmesrError
 
 _FORMATS = ("csv", "tsv", "parquet", "jsonl")
@@ -33,6 +36,46 @@ def detect_format(path: Path) -> str:
                       "parquet|jsonl")
 
 
+def _read_jsonl(path: Path) -> pd.DataFrame:
+    """JSON lines, one object per line, checked line by line (errors name file:line)."""
+    records: list[dict[str, Any]] = []
+    for lineno, line in iter_lines(path):
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise DataFormatError(f"{path}:{lineno}: not valid JSON ({e.msg} at column "
+                                  f"{e.colno})") from None
+        if not isinstance(obj, dict):
+            raise DataFormatError(f"{path}:{lineno}: expected a JSON object (one record per "
+                                  f"line, e.g. {{\"user_id\": ..., \"item_id\": ...}}), got "
+                                  f"{'a list' if isinstance(obj, list) else type(obj).__name__}")
+        records.append(obj)
+    if not records:
+        return pd.DataFrame()
+    return pd.DataFrame.from_records(records)
+
+
+def _header_fields(path: Path, sep: str) -> list[str]:
+    """The header line of a CSV/TSV file split as pandas splits it (quotes honoured)."""
+    import csv
+
+    for _lineno, line in iter_lines(path):
+        return next(csv.reader([line], delimiter=sep)) if len(sep) == 1 else line.split(sep)
+    return []
+
+
+def _check_header(path: Path, sep: str) -> None:
+    """Refuse a header that names a column twice (pandas would rename the second one
+    ``name.1`` and the first would be used silently)."""
+    seen: dict[str, int] = {}
+    for k, name in enumerate(_header_fields(path, sep), 1):
+        key = name.strip()
+        if key in seen:
+            raise DataFormatError(f"{path}:1: the header names column '{key}' twice (columns "
+                                  f"{seen[key]} and {k}); rename one of them")
+        seen[key] = k
+
+
 def load_table(path: Path, fmt: str = "auto", sep: str | None = None) -> pd.DataFrame:
     """Load a whole table with every column as read (ids are later cast to ``str``)."""
     require_file(path)
@@ -41,12 +84,23 @@ def load_table(path: Path, fmt: str = "auto", sep: str | None = None) -> pd.Data
         raise LlmesrError(f"unknown table format '{fmt}'; use one of {', '.join(_FORMATS)}")
     try:
         if fmt == "parquet":
-            return pd.read_parquet(path)
+            df = pd.read_parquet(path)
+            dup = df.columns[df.columns.duplicated()]
+            if len(dup):
+                raise DataFormatError(f"{path}: column '{dup[0]}' appears twice")
+            return df
         if fmt == "jsonl":
-            return pd.read_json(path, lines=True, dtype=False)
-        return pd.read_csv(path, sep=sep or ("," if fmt == "csv" else "\t"), dtype=str,
-                           keep_default_na=False, na_values=[""])
-    except (ValueError, pd.errors.ParserError, OSError, UnicodeDecodeError) as e:
+            return _read_jsonl(path)
+        sep = sep or ("," if fmt == "csv" else "\t")
+        _check_header(path, sep)
+        return pd.read_csv(path, sep=sep, dtype=str, keep_default_na=False, na_values=[""])
+    except DataFormatError:
+        raise
+    except (EOFError, gzip.BadGzipFile, zlib.error) as e:
+        raise DataFormatError(f"{path}: cannot read the compressed data ({e}); the file is "
+                              "probably truncated or corrupt") from None
+    except (ValueError, pd.errors.ParserError, OSError, UnicodeDecodeError,
+            MemoryError) as e:
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise DataFormatError(f"{path}: cannot be read as {fmt}: {msg}") from None
 
@@ -67,16 +121,32 @@ def _row_label(path: Path, fmt: str, row: int) -> str:
     return f"{path} row {row + 1}"
 
 
+def _show(value: Any, limit: int = 60) -> str:
+    """A value for an error message: quoted, and cut short when long."""
+    text = str(value)
+    return repr(text) if len(text) <= limit else repr(text[:limit]) + f"... ({len(text):,} chars)"
+
+
 def _ids(series: pd.Series, path: Path, fmt: str, what: str) -> np.ndarray:
     bad = series.isna().to_numpy()
     if bad.any():
         row = int(bad.nonzero()[0][0])
         raise DataFormatError(f"{_row_label(path, fmt, row)}: empty {what}")
-    vals = series.to_numpy()
     if series.dtype.kind == "f":  # ids that pandas read as floats: 12.0 -> "12"
+        vals = series.to_numpy()
         if np.all(np.mod(vals, 1) == 0):
-            vals = vals.astype(np.int64)
-    return vals.astype(str).astype(object)
+            series = pd.Series(vals.astype(np.int64), index=series.index)
+    # Python strings, one object per value: a NumPy "<U" array would be as wide as the
+    # longest id for every row (one 5 MB field in 100,000 rows asks for 2 TB).
+    out = np.array([v if isinstance(v, str) else str(v) for v in series.tolist()],
+                   dtype=object)
+    lengths = np.fromiter((len(v) for v in out), dtype=np.int64, count=len(out))
+    if len(out) and lengths.max() > MAX_ID_CHARS:
+        row = int(lengths.argmax())
+        raise DataFormatError(f"{_row_label(path, fmt, row)}: the {what} is "
+                              f"{lengths[row]:,} characters long (at most {MAX_ID_CHARS:,}); "
+                              "is the separator right, or is a quote left open?")
+    return out
 
 
 def parse_times(series: pd.Series, path: Path, fmt: str, unit: str = "auto") -> np.ndarray:
@@ -86,22 +156,39 @@ def parse_times(series: pd.Series, path: Path, fmt: str, unit: str = "auto") -> 
     if series.isna().any():
         row = int(series.isna().to_numpy().nonzero()[0][0])
         raise DataFormatError(f"{_row_label(path, fmt, row)}: empty timestamp")
+    if len(series) == 0:
+        return np.zeros(0, dtype=np.int64)
+    if pd.api.types.is_datetime64_any_dtype(series):  # e.g. a Parquet timestamp column
+        dt = series if series.dt.tz is not None else series.dt.tz_localize("UTC")
+        return dt.dt.as_unit("s").astype("int64").to_numpy()
     if unit != "iso":
         num = pd.to_numeric(series, errors="coerce")
         if not num.isna().any():
             values = num.to_numpy(dtype=np.float64)
-            if unit == "ms" or (unit == "auto" and np.nanmax(np.abs(values)) > 1e11):
+            # Unix times beyond year ~2300 (or inf) are not times: they would become garbage
+            # integers. Milliseconds are divided first.
+            ms = unit == "ms" or (unit == "auto" and np.isfinite(values).all()
+                                  and np.abs(values).max() > 1e11
+                                  and np.abs(values).max() <= MAX_SECONDS * 1000)
+            if ms:
                 values = values / 1000.0  # millisecond epochs (e.g. Amazon 2023)
+            bad = ~(np.abs(values) <= MAX_SECONDS)      # also catches inf and nan
+            if bad.any():
+                row = int(bad.nonzero()[0][0])
+                raise DataFormatError(
+                    f"{_row_label(path, fmt, row)}: timestamp {_show(series.iloc[row])} is not "
+                    f"a Unix time in {'milli' if ms else ''}seconds: it is infinite or more "
+                    "than 330 years from 1970")
             return np.floor(values).astype(np.int64)
         if unit in ("s", "ms"):
             row = int(num.isna().to_numpy().nonzero()[0][0])
             raise DataFormatError(f"{_row_label(path, fmt, row)}: timestamp "
-                                  f"'{series.iloc[row]}' is not a number")
+                                  f"{_show(series.iloc[row])} is not a number")
     dt = pd.to_datetime(series.astype(str), errors="coerce", utc=True, format="mixed")
     if dt.isna().any():
         row = int(dt.isna().to_numpy().nonzero()[0][0])
         raise DataFormatError(f"{_row_label(path, fmt, row)}: cannot parse timestamp "
-                              f"'{series.iloc[row]}'")
+                              f"{_show(series.iloc[row])}")
     return (dt.dt.as_unit("s").astype("int64")).to_numpy()
 
 
