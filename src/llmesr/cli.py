@@ -528,14 +528,32 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 def _json_records(path: str, what: str) -> list[Any]:
     """A JSON list, or JSON lines (one value per line), from a file or '-' (stdin)."""
-    text = sys.stdin.read() if path == "-" else Path(path).read_text(encoding="utf-8")
     name = "standard input" if path == "-" else path
+    if path == "-":
+        data = sys.stdin.buffer.read()
+    else:
+        p = Path(path)
+        if p.is_dir():
+            raise LlmesrError(f"{path} is a folder; give a file of JSON lines (or '-' for "
+                              "standard input)")
+        try:
+            data = p.read_bytes()
+        except FileNotFoundError:
+            raise LlmesrError(f"{path}: no such file") from None
+        except OSError as e:
+            raise LlmesrError(f"cannot read {path} ({e.strerror or e})") from None
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        raise LlmesrError(f"{name} line {line}: not valid UTF-8 text ({e.reason} at byte "
+                          f"{e.start}); save the file as UTF-8") from None
     try:       # one JSON list of records (objects, or lists for histories)
         whole = json.loads(text)
         if isinstance(whole, list) and whole and all(
                 isinstance(r, dict if what == "items" else list) for r in whole):
             return whole
-    except json.JSONDecodeError:
+    except (json.JSONDecodeError, RecursionError):
         pass
     out = []
     for n, line in enumerate(text.splitlines(), 1):
@@ -546,6 +564,8 @@ def _json_records(path: str, what: str) -> list[Any]:
         except json.JSONDecodeError as e:
             raise LlmesrError(f"{name} line {n}: not valid JSON ({e.msg}); give one "
                               f"{ {'items': 'item', 'histories': 'history'}[what]} per line") from None
+        except RecursionError:
+            raise LlmesrError(f"{name} line {n}: JSON nested too deeply") from None
     if not out:
         raise LlmesrError(f"{name} holds no {what}")
     return out
@@ -566,11 +586,21 @@ def cmd_recommend(args: argparse.Namespace) -> int:
     rec = Recommender.load(args.run, device=args.device, data_dir=args.data)
     results = rec.recommend_batch(histories, args.k, not args.include_seen,
                                   args.new_item_slots)
-    if args.history is not None:
-        print(json.dumps(results[0].to_dict(), indent=2, ensure_ascii=False))
-    else:
-        for r in results:
-            print(json.dumps(r.to_dict(), ensure_ascii=False))
+    try:
+        if args.history is not None:
+            print(json.dumps(results[0].to_dict(), indent=2, ensure_ascii=False))
+        else:
+            for r in results:
+                print(json.dumps(r.to_dict(), ensure_ascii=False))
+        sys.stdout.flush()
+    except BrokenPipeError:          # the reader stopped early (| head): no traceback
+        import os
+
+        try:                         # nor one when Python flushes stdout at exit
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except (OSError, ValueError):
+            pass
+        return 141
     return 0
 
 

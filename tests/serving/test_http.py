@@ -29,8 +29,9 @@ def _free_port() -> int:
 
 
 class Client:
-    def __init__(self, port: int):
+    def __init__(self, port: int, log=None):
         self.port = port
+        self.log = log          # the server's output (a file)
 
     def call(self, method: str, path: str, body=None, raw: bytes | None = None,
              headers: dict | None = None, chunked: bool = False):
@@ -64,12 +65,14 @@ def server(trained_run, tmp_path_factory):
     run = shutil.copytree(trained_run, tmp_path_factory.mktemp("http") / "run")
     port = _free_port()
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    log = run.parent / "server.log"
+    out = open(log, "wb")
     proc = subprocess.Popen(
         [sys.executable, "-m", "llmesr.cli", "serve", str(run), "--port", str(port),
          "--max-history", str(MAX_HISTORY), "--max-k", str(MAX_K), "--max-batch", "8",
          "--max-body-bytes", str(MAX_BODY), "--log-level", "warning"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
-    client = Client(port)
+        stdout=out, stderr=subprocess.STDOUT, env=env)
+    client = Client(port, log)
     deadline = time.time() + 120
     while True:
         try:
@@ -79,11 +82,12 @@ def server(trained_run, tmp_path_factory):
             pass
         if proc.poll() is not None or time.time() > deadline:
             proc.kill()
-            pytest.fail(f"the server did not start: {proc.stdout.read().decode()[-2000:]}")
+            pytest.fail(f"the server did not start: {log.read_text()[-2000:]}")
         time.sleep(0.2)
     yield client, run
     proc.terminate()
     proc.wait(timeout=30)
+    out.close()
 
 
 def test_health_docs_and_schema(server, ds):
@@ -196,6 +200,26 @@ def test_cold_start_over_http(server, ds):
         assert isinstance(body["detail"], str) and body["detail"]
     assert (run / "added_items" / "manifest.json").is_file()
     assert Recommender.load(run).num_added == 2            # saved with the run
+
+
+def test_text_that_is_not_unicode_gets_a_422_and_no_traceback(server):
+    """A lone surrogate ("\\ud800" in JSON) in an id or a title: a 422 naming it, not a 500
+    (the answer could not be written as UTF-8) with a traceback in the server log."""
+    client, run = server
+    for path, body in [
+            ("/recommend", b'{"history": ["1", "\\ud800"]}'),
+            ("/recommend", b'{"histories": [["1"], ["\\udfff"]]}'),
+            ("/items", b'{"items": [{"id": "\\ud800", "title": "x"}]}'),
+            ("/items", b'{"items": [{"id": "S1", "title": "bad \\ud800 title"}]}'),
+            ("/items", b'{"items": [{"id": "S2", "text": "bad \\udbff text"}]}'),
+            ("/items", b'{"items": [{"id": "S3", "\\ud800": "a field name"}]}')]:
+        status, reply = client.call("POST", path, raw=body)
+        assert status == 422, (body, reply)
+        assert "unicode" in reply["detail"].lower(), reply
+    status, reply = client.call("GET", "/items/%ED%A0%80")     # not UTF-8 in the path
+    assert 400 <= status < 500, reply
+    assert client.call("GET", "/health")[1]["added_items"] == Recommender.load(run).num_added
+    assert "Traceback" not in client.log.read_text()
 
 
 def test_concurrent_clients_get_their_own_answers(server, ds):

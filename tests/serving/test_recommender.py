@@ -163,7 +163,7 @@ def test_add_items_validates_everything_first_and_loses_nothing(run_copy, ds, mo
         r.add_items([{"id": "H", "title": "x"}], collaborative="magic")
     # a failure while saving leaves both the run directory and the served catalogue as they were
     monkeypatch.setattr(np, "save", lambda *a, **k: (_ for _ in ()).throw(OSError("disk full")))
-    with pytest.raises(OSError):
+    with pytest.raises(LlmesrError, match="cannot save the added items.*disk full"):
         r.add_items([{"id": "LOST", "title": "never saved"}])
     monkeypatch.undo()
     assert "LOST" not in r and r.num_added == 1

@@ -10,9 +10,11 @@ Endpoints (OpenAPI docs at ``/docs``, schema at ``/openapi.json``):
 - ``GET /health``      status, model and catalogue size
 
 Every input is validated: a bad request gets a 4xx with a message naming the problem (422 for
-malformed or out-of-range fields, 413 for a body over the size limit, 404 for an unknown item,
-409 for an id that already exists), never a 500. Concurrent recommendation requests are
-batched: one worker thread runs whatever requests are waiting in one forward pass.
+malformed or out-of-range fields, text that is not valid Unicode included, 413 for a body over
+the size limit, 404 for an unknown item, 409 for an id that already exists), never a 500; 503
+when the added items cannot be saved (disk full, read-only run directory). Concurrent
+recommendation requests are batched: one worker thread runs whatever requests are waiting in
+one forward pass.
 """
 
 # No ``from __future__ import annotations``: FastAPI reads the request models defined inside
@@ -30,13 +32,26 @@ from typing import Annotated, Any, Literal, Optional, Union
 from fastapi import FastAPI, HTTPException, Path, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, StrictInt,
                       StrictStr, WithJsonSchema, model_validator)
 
 from llmesr import __version__
 from llmesr.errors import LlmesrError
 from llmesr.serving.recommender import (COLLABORATIVE, ColdStartUnavailable, ItemExistsError,
-                                        Recommender)
+                                        ItemsNotSaved, Recommender, is_unicode)
+
+
+class SafeJSONResponse(JSONResponse):
+    """UTF-8 JSON; a string that UTF-8 cannot hold (a lone surrogate) is written escaped
+    (``"\\ud800"``), so that no response fails to serialise."""
+
+    def render(self, content: Any) -> bytes:
+        try:
+            return super().render(content)
+        except UnicodeEncodeError:
+            return json.dumps(content, ensure_ascii=True, allow_nan=False, indent=None,
+                              separators=(",", ":")).encode("ascii")
 
 
 @dataclass
@@ -190,6 +205,8 @@ async def _send_json(send, status: int, detail: str) -> None:
 
 def _item_id(v: Any) -> str:
     if isinstance(v, str):
+        if not is_unicode(v):
+            raise ValueError(f"the item id {v!r} is not valid Unicode text (a lone surrogate)")
         return v
     if isinstance(v, int) and not isinstance(v, bool):
         return str(v)
@@ -290,14 +307,20 @@ def create_app(rec: Recommender, limits: Optional[Limits] = None) -> FastAPI:
             batcher.pop("b").close()
 
     app = FastAPI(title="llmesr", version=__version__, lifespan=lifespan,
+                  default_response_class=SafeJSONResponse,
                   description="Sequential recommendation with LLM-enhanced item embeddings "
                               f"(LLM-ESR). Run: {rec.run_dir}")
 
     @app.exception_handler(RequestValidationError)
     async def invalid(_req: Request, exc: RequestValidationError):
         errors = [_message(e) for e in exc.errors()]
-        return JSONResponse(status_code=422, content={"detail": "; ".join(errors[:10]),
-                                                      "errors": len(errors)})
+        return SafeJSONResponse(status_code=422, content={"detail": "; ".join(errors[:10]),
+                                                          "errors": len(errors)})
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_req: Request, exc: StarletteHTTPException):
+        return SafeJSONResponse(status_code=exc.status_code, content={"detail": exc.detail},
+                                headers=getattr(exc, "headers", None))
 
     @app.get("/health")
     def health() -> dict[str, Any]:
@@ -324,7 +347,8 @@ def create_app(rec: Recommender, limits: Optional[Limits] = None) -> FastAPI:
 
     @app.post("/items", status_code=201, response_model=AddResult,
               responses={409: {"description": "an id already exists, or the model cannot add "
-                                              "items"}, 422: {"description": "invalid items"}})
+                                              "items"}, 422: {"description": "invalid items"},
+                         503: {"description": "the items could not be saved with the run"}})
     def add_items(req: AddRequest):
         items = [{k: v for k, v in it.model_dump().items()
                   if not (k in ("text", "embedding") and v is None)} for it in req.items]
@@ -332,6 +356,8 @@ def create_app(rec: Recommender, limits: Optional[Limits] = None) -> FastAPI:
             added = rec.add_items(items, req.collaborative)
         except (ItemExistsError, ColdStartUnavailable) as e:
             raise HTTPException(409, str(e)) from None
+        except ItemsNotSaved as e:
+            raise HTTPException(503, str(e)) from None
         except LlmesrError as e:
             raise HTTPException(422, str(e)) from None
         return {"added": added, "items": rec.num_items}
@@ -342,6 +368,8 @@ def create_app(rec: Recommender, limits: Optional[Limits] = None) -> FastAPI:
             return rec.item(item_id)
         except KeyError:
             raise HTTPException(404, f"unknown item {item_id!r}") from None
+        except LlmesrError as e:          # not valid Unicode
+            raise HTTPException(422, str(e)) from None
 
     app.add_middleware(BodyLimit, limit=lim.max_body_bytes)
     return app
@@ -369,13 +397,49 @@ def serve(run_dir: str, host: str = "127.0.0.1", port: int = 8000, *,
     import torch
     import uvicorn
 
-    if threads:
-        torch.set_num_threads(threads)
-    rec = Recommender.load(run_dir, device=device)
-    if not is_loopback(host):
-        log(f"warning: serving on {host}, reachable from other machines; the API has no "
-            "authentication (POST /items changes the run)")
-    d = rec.describe()
-    log(f"serving {d['model']}/{d['backbone']} on {d['dataset']} ({d['items']:,} items) at "
-        f"http://{host}:{port} (docs at /docs)")
-    uvicorn.run(create_app(rec, limits), host=host, port=port, log_level=log_level)
+    sock = listen_socket(host, port)     # first: a port in use is one line, before any loading
+    try:
+        if threads:
+            torch.set_num_threads(threads)
+        rec = Recommender.load(run_dir, device=device)
+        if not is_loopback(host):
+            log(f"warning: serving on {host}, reachable from other machines; the API has no "
+                "authentication (POST /items changes the run)")
+        d = rec.describe()
+        shown = f"[{host}]" if ":" in host else host
+        log(f"serving {d['model']}/{d['backbone']} on {d['dataset']} ({d['items']:,} items) at "
+            f"http://{shown}:{port} (docs at /docs)")
+        server = uvicorn.Server(uvicorn.Config(create_app(rec, limits), host=host, port=port,
+                                               log_level=log_level))
+        server.run(sockets=[sock])
+    finally:
+        sock.close()
+
+
+def listen_socket(host: str, port: int):
+    """A socket bound to ``host:port`` (as uvicorn binds it), or one clear error: the port is
+    in use, needs privileges, or the host is not an address of this machine."""
+    import errno
+    import socket
+
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+    except OSError as e:
+        sock.close()
+        where = f"{host}:{port}"
+        if isinstance(e, socket.gaierror):
+            why = f"unknown host {host!r} ({e.strerror})"
+        elif e.errno == errno.EADDRINUSE:
+            why = f"port {port} is already in use (another server?); choose another --port"
+        elif e.errno == errno.EACCES:
+            why = (f"no permission to use port {port} (ports below 1024 need privileges); "
+                   "choose another --port")
+        elif e.errno == errno.EADDRNOTAVAIL:
+            why = f"{host} is not an address of this machine; use --host 127.0.0.1 or 0.0.0.0"
+        else:
+            why = e.strerror or str(e)
+        raise LlmesrError(f"cannot listen on {where}: {why}") from None
+    return sock

@@ -20,12 +20,17 @@ default), or the similarity-weighted mean of the trained collaborative rows of t
 items closest to it in LLM space (``"neighbors"``), or a least-squares map from LLM embeddings
 to the trained collaborative table (``"mapped"``), or zero (``"zero"``). A model ranks items
 it never trained on far below trained ones, so ``new_item_slots`` keeps some of the k places
-for added items (see :meth:`Recommender.recommend`). Added items are saved in ``RUN_DIR/added_items/``
-(written whole to a temporary folder, then renamed) and come back on every load.
+for added items (see :meth:`Recommender.recommend`). Added items are saved in
+``RUN_DIR/added_items/`` and come back on every load. The folder is replaced crash-safely
+(:func:`llmesr.training.checkpoint.replace_directory`): whatever instant a kill hits, the next
+load or ``add_items`` finds every item added before it, and the items of the interrupted call
+either all or not at all. Processes that add items to the same run at once (``llmesr serve``
+and ``llmesr add-items``) take turns through a lock, and each keeps the other's items.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 import time
@@ -37,11 +42,12 @@ import numpy as np
 import pandas as pd
 import torch
 
-from llmesr.data.io import atomic_directory, write_json_atomic
+from llmesr.data.io import write_json_atomic
 from llmesr.errors import LlmesrError
 from llmesr.semantic.prompts import PromptBuilder, PromptConfig, resolve_columns
 from llmesr.serving.bundle import Bundle, load_bundle
 from llmesr.training.batches import eval_inputs
+from llmesr.training.checkpoint import folder_lock, recover_directory, replace_directory
 from llmesr.training.trainer import load_run, resolve_device
 
 ADDED = "added_items"
@@ -57,6 +63,11 @@ class ItemExistsError(LlmesrError):
 
 class ColdStartUnavailable(LlmesrError):
     """The run's model cannot place new items (an ID-only model)."""
+
+
+class ItemsNotSaved(LlmesrError):
+    """The added items could not be written to the run directory (disk full, read-only, no
+    permission); nothing was added."""
 
 
 @dataclass
@@ -78,12 +89,74 @@ class Recommendation:
                 "unknown": self.unknown, "used": self.used, "fallback": self.fallback}
 
 
+def check_run_config(run_dir: Path) -> dict[str, Any]:
+    """``run_dir/config.json``, checked to be one that 'llmesr train' wrote: one clear error
+    for a file that is empty, truncated, not UTF-8, not JSON or missing its fields."""
+    from llmesr.models.config import configs_from_dict
+
+    f = Path(run_dir) / "config.json"
+    try:
+        cfg = json.loads(f.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:        # UnicodeDecodeError is a ValueError
+        raise LlmesrError(f"{f} is unreadable ({e}); it is damaged, or not the file "
+                          "'llmesr train' writes") from None
+    broken = None
+    if not isinstance(cfg, dict):
+        broken = "it is not a JSON object"
+    elif not isinstance(cfg.get("configs"), dict):
+        broken = "it has no 'configs' section"
+    elif not isinstance(cfg.get("dataset"), dict):
+        broken = "it has no 'dataset' section"
+    else:
+        n = cfg["dataset"].get("num_items")
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            broken = f"dataset.num_items is {n!r}, not a positive integer"
+        for key in ("llm_dim", "pca_dim"):
+            v = cfg.get(key)
+            if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
+                broken = f"{key} is {v!r}, not a positive integer or null"
+    if broken is None:
+        try:
+            configs_from_dict(cfg["configs"])
+        except LlmesrError as e:
+            broken = f"its settings are invalid: {e}"
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
+            broken = f"its settings are invalid ({type(e).__name__}: {e})"
+    if broken:
+        raise LlmesrError(f"{f} is not a usable run config: {broken}; it is damaged, or not "
+                          "the file 'llmesr train' writes")
+    return cfg
+
+
 def _raw(value: Any) -> str:
     """A raw id as the item table stores it (a string); ints are accepted as their digits."""
     if isinstance(value, bool) or not isinstance(value, (str, int, np.integer)):
         raise LlmesrError(f"item ids are strings (or integers), got {type(value).__name__} "
                           f"{value!r}")
-    return str(value)
+    text = str(value)
+    if not is_unicode(text):
+        raise LlmesrError(f"item id {text!r} is not valid Unicode text (it holds a lone "
+                          "surrogate, such as an escaped \\ud800 alone, or undecodable bytes)")
+    return text
+
+
+def is_unicode(text: str) -> bool:
+    """Whether ``text`` can be written as UTF-8 (no lone surrogates: JSON's "\\ud800", or bytes
+    that were not UTF-8 in a command-line argument)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _check_text(value: Any, where: str) -> None:
+    """Refuse strings (also inside lists) that are not valid Unicode."""
+    values = value if isinstance(value, list) else [value]
+    for v in values:
+        if isinstance(v, str) and not is_unicode(v):
+            raise LlmesrError(f"{where} is not valid Unicode text ({v!r} holds a lone "
+                              "surrogate)")
 
 
 class Recommender:
@@ -111,7 +184,12 @@ class Recommender:
         self._popularity = np.concatenate([[0], items["popularity"].to_numpy(np.float64), [0]]) \
             if "popularity" in items.columns else np.zeros(self.num_trained + 2)
         self._index = {r: i for i, r in enumerate(self._raw) if r}
-        self._added = self._read_added()
+        self._trained_ids = frozenset(self._index)
+        #: every added item in model-row order (saved or not), for :meth:`item`
+        self._rows = pd.DataFrame()
+        with folder_lock(self.run_dir / ADDED):
+            #: the items saved in RUN_DIR/added_items/, as last read or written
+            self._added = self._read_added()
         if self._added is not None:
             self._append(self._added["llm"], self._added["items"], self._added["co"])
         self._refresh()
@@ -125,13 +203,25 @@ class Recommender:
         ``data_dir`` is needed only once, for a run trained before llmesr wrote bundles, when
         its dataset has moved."""
         run_dir = Path(run_dir)
+        if run_dir.exists() and not run_dir.is_dir():
+            raise LlmesrError(f"{run_dir} is a file; give the run directory that 'llmesr train' "
+                              "wrote")
         if not (run_dir / "config.json").is_file():
             raise LlmesrError(f"{run_dir} is not a run directory (no config.json)")
         if not (run_dir / "model.safetensors").is_file():
             raise LlmesrError(f"{run_dir} has no trained weights (model.safetensors); train it "
                               "first")
-        dev = resolve_device(device)
-        model, cfg = load_run(run_dir, str(dev))
+        check_run_config(run_dir)
+        try:
+            dev = resolve_device(device)
+        except RuntimeError:
+            raise LlmesrError(f"unknown device {device!r}; use cpu, cuda, cuda:N or auto"
+                              ) from None
+        try:
+            model, cfg = load_run(run_dir, str(dev))
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
+            raise LlmesrError(f"{run_dir / 'config.json'} does not describe a model that can be "
+                              f"built ({type(e).__name__}: {e})") from None
         bundle = load_bundle(run_dir, data_dir)
         return cls(run_dir, model, cfg, bundle, dev)
 
@@ -354,7 +444,7 @@ class Recommender:
                     "popularity": int(self._popularity[j]),
                     "tail_item": bool(row["tail_item"]) if "tail_item" in row else None,
                     "fields": fields}
-        a = self._added["items"].iloc[j - self.num_trained - 2]
+        a = self._rows.iloc[j - self.num_trained - 2]
         return {"id": raw, "title": self._titles[j], "added": True, "popularity": 0,
                 "tail_item": True, "fields": json.loads(a["fields"]), "text": a["text"],
                 "added_at": a["added_at"]}
@@ -389,22 +479,43 @@ class Recommender:
             "fields": [json.dumps(r["fields"], ensure_ascii=False) for r in rows],
             "collaborative": collaborative,
             "added_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
-        with self._lock:
+        new = {"items": table, "llm": llm, "co": co}
+        with self._lock, (folder_lock(self.run_dir / ADDED) if persist
+                          else contextlib.nullcontext()):
+            if persist:            # items another process saved meanwhile come first
+                self._take_saved(self._read_added())
             taken = [r for r in table["raw_id"] if r in self._index]
             if taken:      # added by another call meanwhile
                 raise ItemExistsError(f"item {taken[0]!r} already exists")
             if persist:
-                old = self._added
-                merged = {"items": table if old is None else pd.concat(
-                              [old["items"], table], ignore_index=True),
-                          "llm": llm if old is None else np.concatenate([old["llm"], llm]),
-                          "co": co if old is None or co is None else np.concatenate(
-                              [old["co"], co])}
+                merged = _concat(self._added, new)
                 self._write_added(merged)   # on disk first: a failure leaves memory as it was
                 self._added = merged
             self._append(llm, table, co)
             self._refresh()
             return table["raw_id"].tolist()
+
+    def _take_saved(self, saved: dict[str, Any] | None) -> None:
+        """Serve the saved items this object does not know yet (added by another process
+        since it loaded the run), and remember the folder's content as the saved state."""
+        if saved is None:
+            return
+        ids = saved["items"]["raw_id"].astype(str)
+        extra = ~ids.isin(list(self._index)).to_numpy()
+        if extra.any():
+            part = {"items": saved["items"][extra].reset_index(drop=True),
+                    "llm": saved["llm"][extra],
+                    "co": None if saved["co"] is None else saved["co"][extra]}
+            self._append(part["llm"], part["items"], part["co"])
+            self._refresh()
+        if self._added is not None:   # items saved here but no longer on disk stay saved
+            mine = ~self._added["items"]["raw_id"].astype(str).isin(list(ids)).to_numpy()
+            if mine.any():
+                saved = _concat(saved, {"items": self._added["items"][mine],
+                                        "llm": self._added["llm"][mine],
+                                        "co": None if self._added["co"] is None
+                                        else self._added["co"][mine]})
+        self._added = saved
 
     def _validate_new(self, items: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
         allowed = set(self.bundle.text_fields)
@@ -432,9 +543,12 @@ class Recommender:
             for k, v in fields.items():
                 if v is not None and not isinstance(v, (str, int, float, list)):
                     raise LlmesrError(f"{where}: field {k!r} must be text, a number or a list")
+                _check_text(k, f"{where}: a field name")
+                _check_text(v, f"{where}: field {k!r}")
             text = item.get("text")
             if text is not None and (not isinstance(text, str) or not text.strip()):
                 raise LlmesrError(f"{where}: 'text' must be a non-empty string")
+            _check_text(text, f"{where}: 'text'")
             emb = item.get("embedding")
             if emb is not None:
                 emb = self._check_embedding(emb, where)
@@ -572,40 +686,105 @@ class Recommender:
             self._raw.append(str(raw))
             self._titles.append(None if title is None else str(title))
             self._index[str(raw)] = j
+        self._rows = table.reset_index(drop=True) if self._rows.empty else pd.concat(
+            [self._rows, table], ignore_index=True)
 
     # ---- persistence of added items ------------------------------------------------------
     def _read_added(self) -> dict[str, Any] | None:
+        """The saved added items (None when there are none), after repairing the folder if a
+        kill interrupted its last update. Call with :func:`folder_lock` held."""
         folder = self.run_dir / ADDED
+        recover_directory(folder, complete=_added_complete, legacy=_legacy_added(folder))
+        if folder.exists() and not folder.is_dir():
+            raise LlmesrError(f"{folder} is a file; remove it (added items live in that "
+                              "folder)")
         if not (folder / "manifest.json").is_file():
+            if folder.is_dir() and any(folder.iterdir()):
+                raise LlmesrError(f"{folder} has no manifest.json; it was not written by "
+                                  "llmesr: remove it to serve without added items")
             return None
         try:
+            manifest = json.loads((folder / "manifest.json").read_text(encoding="utf-8"))
+            if not isinstance(manifest, dict) or manifest.get("kind") != "llmesr-added-items":
+                raise ValueError("not an llmesr added-items manifest")
             items = pd.read_parquet(folder / "items.parquet")
             llm = np.load(folder / "llm.npy", allow_pickle=False)
             co = np.load(folder / "co.npy", allow_pickle=False) if (folder / "co.npy").is_file() \
                 else None
-        except (OSError, ValueError) as e:
+            if "raw_id" not in items.columns or llm.ndim != 2 or (co is not None
+                                                                  and co.ndim != 2):
+                raise ValueError("unexpected columns or shapes")
+        except (OSError, ValueError, UnicodeDecodeError) as e:
             raise LlmesrError(f"{folder} is corrupt ({e}); remove it to serve without the added "
                               "items") from None
+        except Exception as e:  # noqa: BLE001 - pyarrow's own errors for a damaged file
+            raise LlmesrError(f"{folder} is corrupt ({type(e).__name__}: {e}); remove it to "
+                              "serve without the added items") from None
         if len(items) != len(llm) or (co is not None and len(co) != len(llm)):
             raise LlmesrError(f"{folder}: items.parquet and the embedding files disagree in "
                               "length; remove the folder to serve without the added items")
         if llm.shape[1] != self._llm_dim():
             raise LlmesrError(f"{folder}: {llm.shape[1]}-d embeddings, the run has "
                               f"{self._llm_dim()}-d")
-        dup = set(items["raw_id"].astype(str)) & set(self._index)
+        if co is not None and self.model.co is not None and co.shape[1] != self.mcfg.hidden:
+            raise LlmesrError(f"{folder}: collaborative rows of {co.shape[1]} dimensions do not "
+                              "fit this model; remove the folder to serve without them")
+        dup = set(items["raw_id"].astype(str)) & self._trained_ids
         if dup:
             raise LlmesrError(f"{folder}: added item(s) {sorted(dup)[:3]} clash with trained ids")
         return {"items": items, "llm": llm, "co": co}
 
     def _write_added(self, added: dict[str, Any]) -> None:
-        with atomic_directory(self.run_dir / ADDED, overwrite=True) as tmp:
+        def fill(tmp: Path) -> None:
             added["items"].to_parquet(tmp / "items.parquet", index=False)
             np.save(tmp / "llm.npy", added["llm"])
             if added["co"] is not None:
                 np.save(tmp / "co.npy", added["co"])
-            write_json_atomic(tmp / "manifest.json", {
+            write_json_atomic(tmp / "manifest.json", {      # last: marks the folder whole
                 "kind": "llmesr-added-items", "format_version": 1,
                 "items": len(added["items"]), "llm_dim": int(added["llm"].shape[1])})
+
+        folder = self.run_dir / ADDED
+        try:
+            replace_directory(folder, fill, complete=_added_complete,
+                              legacy=_legacy_added(folder))
+        except OSError as e:
+            raise ItemsNotSaved(f"cannot save the added items in {folder} "
+                              f"({e.strerror or e}{': ' + str(e.filename) if e.filename else ''}"
+                              "); nothing was added") from None
+
+
+def _added_complete(folder: Path) -> bool:
+    """Whether an added-items folder is whole (its manifest is written last)."""
+    try:
+        m = json.loads((folder / "manifest.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(m, dict) and (folder / "items.parquet").is_file() and (
+        folder / "llm.npy").is_file()
+
+
+def _legacy_added(folder: Path) -> list[Path]:
+    """What llmesr 0.1 left when killed while replacing ``folder``: its whole temporary
+    folder (the newer content), then the hidden copy of the previous one (newest first)."""
+    parent = folder.parent
+    if not parent.is_dir():
+        return []
+
+    def newest(pattern: str) -> list[Path]:
+        return sorted((p for p in parent.glob(pattern) if p.is_dir()),
+                      key=lambda p: p.stat().st_mtime, reverse=True)
+
+    return newest(f".{folder.name}.*.partial") + newest(f".{folder.name}.old-*")
+
+
+def _concat(a: dict[str, Any] | None, b: dict[str, Any]) -> dict[str, Any]:
+    if a is None:
+        return b
+    return {"items": pd.concat([a["items"], b["items"]], ignore_index=True),
+            "llm": np.concatenate([a["llm"], b["llm"]]),
+            "co": None if a["co"] is None or b["co"] is None else np.concatenate(
+                [a["co"], b["co"]])}
 
 
 def _jsonable(v: Any) -> Any:

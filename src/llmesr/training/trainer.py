@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -39,8 +40,9 @@ from llmesr.models.recommender import SequentialRecommender
 from llmesr.models.views import densify_grads
 from llmesr.serving.bundle import write_bundle
 from llmesr.training.batches import BatchBuilder, TrainView, eval_inputs, to_tensors
-from llmesr.training.checkpoint import (load_training_state, load_weights, save_training_state,
-                                        save_weights)
+from llmesr.training.checkpoint import (checkpoint_complete, clear_run, load_training_state,
+                                        load_weights, run_progress, save_training_state,
+                                        save_weights, trim_train_log)
 
 
 def _save_npy(path: Path, array: np.ndarray) -> None:
@@ -173,16 +175,29 @@ class Trainer:
         self.run_dir = Path(run_dir)
         self.mcfg, self.tcfg = mcfg, tcfg
         self.progress, self.log = progress, log
-        ckpt = self.run_dir / "checkpoint"
-        if self.run_dir.exists() and any(self.run_dir.iterdir()) and not evaluate_only:
-            if resume and (ckpt / "state.json").is_file():
-                if not same_settings(self.run_dir, mcfg, tcfg):
-                    raise LlmesrError(f"{self.run_dir} was started with other settings; resume "
-                                      "with the same settings or use a new --out")
-            elif not overwrite:
-                raise LlmesrError(f"run directory {self.run_dir} is not empty (pass --resume to "
-                                  "continue it or --overwrite to start again)")
-        self.resume = resume and (ckpt / "state.json").is_file()
+        # folders fit() makes (deepest first), removed again if it fails before a checkpoint
+        self._made_dirs = [d for d in (self.run_dir, *self.run_dir.parents) if not d.exists()]
+        progress_ = "other" if evaluate_only else run_progress(self.run_dir)
+        if progress_ == "checkpoint" and resume:
+            if not same_settings(self.run_dir, mcfg, tcfg):
+                raise LlmesrError(f"{self.run_dir} was started with other settings; resume "
+                                  "with the same settings or use a new --out")
+        elif progress_ == "checkpoint" and not overwrite:
+            raise LlmesrError(f"run directory {self.run_dir} is not empty (pass --resume to "
+                              "continue it or --overwrite to start again)")
+        elif progress_ == "other" and not overwrite and not evaluate_only:
+            raise LlmesrError(f"run directory {self.run_dir} is not empty" + (
+                " and has no checkpoint to resume from" if resume else "") +
+                " (pass --overwrite to start it again, or choose another --out)")
+        elif progress_ == "started":
+            log(f"{self.run_dir} holds a run that stopped before its first epoch ended; "
+                "starting it again")
+        self.resume = resume and progress_ == "checkpoint"
+        # start afresh (fit clears what an earlier run wrote): a failure before the first
+        # checkpoint then leaves the folder as this process found it
+        self._fresh = not evaluate_only and not self.resume and (
+            overwrite or progress_ in ("empty", "started"))
+        self._discard_on_failure = progress_ in ("empty", "started")
         self.ds: SequenceDataset = load_dataset(self.data_dir)
         needs_llm = mcfg.model == "llmesr" and mcfg.use_se_view
         needs_pca = mcfg.model == "llminit" or (mcfg.model == "llmesr" and mcfg.use_co_view
@@ -352,6 +367,32 @@ class Trainer:
         return parts
 
     def fit(self) -> dict[str, Any]:
+        try:
+            return self._fit()
+        except BaseException:
+            self._discard_failed_start()
+            raise
+
+    def _discard_failed_start(self) -> None:
+        """After a failure before the first checkpoint, remove what this run wrote into a
+        folder that was missing or empty (or held only a failed start), so that the next try
+        is not blocked; a run with a checkpoint is kept for --resume."""
+        if not self._discard_on_failure or checkpoint_complete(self.run_dir / "checkpoint"):
+            return
+        if self._made_dirs and self._made_dirs[0] == self.run_dir:
+            shutil.rmtree(self.run_dir, ignore_errors=True)   # made by this process: all ours
+        else:
+            clear_run(self.run_dir)
+        for d in self._made_dirs:            # deepest first; only while empty
+            try:
+                if d.exists():
+                    d.rmdir()
+            except OSError:
+                break
+
+    def _fit(self) -> dict[str, Any]:
+        if self._fresh:
+            clear_run(self.run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self._write_config()
         write_bundle(self.run_dir, self.data_dir, self.sem_dir)   # serving needs only run_dir
@@ -360,6 +401,7 @@ class Trainer:
         if self.resume:
             state = load_training_state(self.run_dir / "checkpoint", self.model,
                                         self.optimizer, self.rng)
+            trim_train_log(self.run_dir / "train_log.csv", state["epoch"])
             self.log(f"resuming after epoch {state['epoch']}")
         writer = self._tensorboard()
         bs = self.tcfg.batch_size
