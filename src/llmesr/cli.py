@@ -163,21 +163,25 @@ def build_parser() -> argparse.ArgumentParser:
                     "NDCG@10, then evaluate the test split. Settings: --set key=value for any "
                     "field of llmesr.models.config.ModelConfig / TrainConfig (e.g. alpha=0, "
                     "use_cross_attention=false, adapter_layers=1, co_init=random, "
-                    "share_encoder=false, loss=ce, patience=5, valid_protocol=sampled).",
+                    "share_encoder=false, loss=ce, patience=5, valid_protocol=sampled). "
+                    "Layers, lowest first: --preset, then --config FILE (YAML or JSON of "
+                    "the same fields, flat or under 'model:' and 'train:'; a run's "
+                    "config.yaml / config.json and the best.yaml of 'llmesr tune' are such "
+                    "files), then --set, --seed and --epochs. Every value is checked (type "
+                    "and range) before training starts.",
         epilog="examples:\n  llmesr train data/beauty --model llmesr --backbone sasrec --out "
                "runs/llmesr-sasrec\n  llmesr train data/beauty --model id --preset paper "
                "--seed 43 --epochs 50 --set patience=5 --out runs/id-paper-43\n"
-               "  llmesr train data/beauty --model llmesr --set alpha=0 --out runs/no-sd",
+               "  llmesr train data/beauty --model llmesr --set alpha=0 --out runs/no-sd\n"
+               "  llmesr train data/beauty --config tune-id/best.yaml --seed 43 --out runs/t43\n"
+               "  llmesr train data/beauty --config runs/no-sd --set alpha=0.5 --out runs/a05\n"
+               "\nrun.yaml:\n  model: {model: id, backbone: sasrec, loss: ce, dropout: 0.3}\n"
+               "  train: {lr: 0.001, epochs: 100, patience: 10}",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     tr.add_argument("dir", help="dataset directory (with DATA_DIR/semantic/ for llminit/llmesr)")
-    tr.add_argument("--model", default="llmesr", help="id | llminit | llmesr (default llmesr)")
-    tr.add_argument("--backbone", default="sasrec", help="sasrec | bert4rec | gru4rec")
-    tr.add_argument("--preset", default="default",
-                    help="default (bugs fixed) | paper (the original code's behaviour)")
+    _model_flags(tr)
     tr.add_argument("--seed", type=int, help="random seed (default 42)")
     tr.add_argument("--epochs", type=int, help="maximum epochs (default 200)")
-    tr.add_argument("--set", action="append", type=_kv, default=[], metavar="KEY=VALUE",
-                    help="any model or training setting (repeatable)")
     tr.add_argument("--embeddings", help="folder under DATA_DIR/semantic/ (default: the first)")
     tr.add_argument("--out", required=True, help="run directory")
     tr.add_argument("--resume", action="store_true", help="continue an interrupted run")
@@ -329,6 +333,73 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--log-level", default="info",
                     choices=("critical", "error", "warning", "info", "debug"))
 
+    tu = sub.add_parser(
+        "tune", help="search a model's hyper-parameters with Optuna (validation only)",
+        description="Search one model's declared space (lr, dropout, hidden, max_len, the loss "
+                    "and its parameters; for llmesr also alpha and sd_teachers; hidden is "
+                    "fixed by the PCA size for llminit and llmesr; weight decay is not "
+                    "searched: the trainer has none) with a seeded TPE sampler. Each trial "
+                    "trains with early stopping on validation full-ranking NDCG@10, reports "
+                    "each epoch's value to a median pruner, and never evaluates the test "
+                    "split. --trials counts trials that completed or were pruned: give every "
+                    "model compared the same budget. The study lives in OUT/study.db: run the "
+                    "same command again to continue it, also after a kill (trials a killed "
+                    "process left running are failed and queued again). Writes "
+                    "OUT/trials/NNNN/ (one run each), OUT/trials.json and OUT/best.yaml for "
+                    "'llmesr train --config'. --set fixes a setting (it leaves the space); "
+                    "--preset and --config give the base the searched values replace.",
+        epilog="examples:\n  llmesr tune data/beauty --model id --backbone sasrec --trials 40 "
+               "--epochs 100 --set patience=10 --out tune/id-sasrec\n"
+               "  llmesr tune data/beauty --model llmesr --trials 40 --timeout 36000 "
+               "--set loss=ce --out tune/llmesr-sasrec\n"
+               "  llmesr train data/beauty --config tune/id-sasrec/best.yaml --out runs/id-tuned",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    tu.add_argument("dir", help="dataset directory (with DATA_DIR/semantic/ for llminit/llmesr)")
+    _model_flags(tu, set_help="fix a setting for every trial; it is not searched (repeatable)")
+    tu.add_argument("--trials", type=int, required=True,
+                    help="budget: trials that complete or are pruned")
+    tu.add_argument("--timeout", type=float, metavar="S",
+                    help="start no trial after S seconds (the study can be continued)")
+    tu.add_argument("--epochs", type=int, help="maximum epochs per trial (default 200)")
+    tu.add_argument("--seed", type=int,
+                    help="seed of the sampler and of every trial's training (default 42)")
+    tu.add_argument("--no-prune", action="store_true", help="train every trial to its end")
+    tu.add_argument("--prune-warmup", type=int, default=5, metavar="EPOCHS",
+                    help="no pruning up to this epoch (default 5)")
+    tu.add_argument("--prune-startup", type=int, default=5, metavar="N",
+                    help="no pruning until N trials have finished (default 5)")
+    tu.add_argument("--embeddings", help="folder under DATA_DIR/semantic/ (default: the first)")
+    tu.add_argument("--out", required=True, help="study folder")
+    tu.add_argument("--quiet", action="store_true", help="no progress lines")
+
+    sw = sub.add_parser(
+        "sweep", help="train one setting's values x seeds and plot the test metrics",
+        description="Train the model for every value of one setting (--set-grid) and every "
+                    "seed into OUT/runs/<setting>=<value>-seed<seed>/, then write "
+                    "OUT/sweep.json (test full-ranking HR@10 and NDCG@10, overall and by "
+                    "long-tail group: each seed, mean and std) and OUT/sweep.png (those "
+                    "against the value, mean ± std). Run it again to continue: finished runs "
+                    "are kept, interrupted ones resume. The other settings: --preset, then "
+                    "--config, then --set, as 'llmesr train'.",
+        epilog="examples (the paper's alpha and N figure):\n"
+               "  llmesr sweep data/yelp --model llmesr --set-grid alpha=0,0.01,0.05,0.1,0.5,1 "
+               "--seeds 42 43 44 --out sweep/alpha\n"
+               "  llmesr sweep data/yelp --set-grid sd_teachers=1,5,10,20 --seeds 42 43 44 "
+               "--out sweep/teachers",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    sw.add_argument("dir", help="dataset directory (with DATA_DIR/semantic/ for llminit/llmesr)")
+    sw.add_argument("--set-grid", required=True, metavar="KEY=V1,V2,...",
+                    help="the setting to sweep and its values")
+    sw.add_argument("--seeds", type=int, nargs="+", default=[42, 43, 44],
+                    help="seeds of every value (default 42 43 44)")
+    _model_flags(sw, set_help="a setting for every run (repeatable)")
+    sw.add_argument("--epochs", type=int, help="maximum epochs per run (default 200)")
+    sw.add_argument("--embeddings", help="folder under DATA_DIR/semantic/ (default: the first)")
+    sw.add_argument("--jobs", type=int, default=1,
+                    help="runs at a time, each with cores/jobs threads (default 1)")
+    sw.add_argument("--out", required=True, help="output folder")
+    sw.add_argument("--quiet", action="store_true")
+
     ds = sub.add_parser("datasets", help="list the named datasets and the input formats")
     ds.add_argument("--json", action="store_true")
 
@@ -346,6 +417,21 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--epochs", type=int, default=20,
                       help="epoch budget per model (default 20; early stopping, patience 5)")
     return p
+
+
+def _model_flags(p: argparse.ArgumentParser,
+                 set_help: str = "any model or training setting (repeatable)") -> None:
+    """--model, --backbone, --preset, --config and --set, shared by train, tune and sweep."""
+    p.add_argument("--model", help="id | llminit | llmesr (default: the --config file's, else "
+                   "llmesr)")
+    p.add_argument("--backbone", help="sasrec | bert4rec | gru4rec (default: the --config "
+                   "file's, else sasrec)")
+    p.add_argument("--preset", help="default (bugs fixed) | paper (the original code's "
+                   "behaviour); default: the --config file's 'preset:', else default")
+    p.add_argument("--config", metavar="FILE", help="YAML/JSON settings over the preset (a "
+                   "run directory: its config.yaml or config.json)")
+    p.add_argument("--set", action="append", type=_kv, default=[], metavar="KEY=VALUE",
+                   help=set_help)
 
 
 def _settings(args: argparse.Namespace, prefix: str, flags: list, cls: type) -> dict[str, Any]:
@@ -491,13 +577,58 @@ def cmd_train(args: argparse.Namespace) -> int:
         overrides["seed"] = str(args.seed)
     if args.epochs is not None:
         overrides["epochs"] = str(args.epochs)
-    mcfg, tcfg = build_configs(args.preset, args.backbone, args.model, overrides)
+    mcfg, tcfg = build_configs(args.preset, args.backbone, args.model, overrides,
+                               config=args.config)
     trainer = Trainer(args.dir, mcfg, tcfg, args.out, embeddings=args.embeddings,
                       resume=args.resume, overwrite=args.overwrite, progress=not args.quiet,
                       log=(lambda *a, **k: None) if args.quiet else print)
     metrics = trainer.fit()
     if not args.quiet:
         print(format_metrics(metrics))
+    return 0
+
+
+def _quiet_or_print(args: argparse.Namespace):
+    return (lambda *a, **k: None) if args.quiet else print
+
+
+def cmd_tune(args: argparse.Namespace) -> int:
+    import shlex
+
+    from llmesr.training.tune import tune
+
+    summary = tune(args.dir, args.out, model=args.model, backbone=args.backbone,
+                   trials=args.trials, timeout=args.timeout, preset=args.preset,
+                   overrides=dict(args.set), config=args.config, epochs=args.epochs,
+                   embeddings=args.embeddings, seed=args.seed, prune=not args.no_prune,
+                   prune_warmup=args.prune_warmup, prune_startup=args.prune_startup,
+                   command="llmesr " + shlex.join(sys.argv[1:]), log=_quiet_or_print(args))
+    best = summary["best"]
+    if not args.quiet:
+        print(f"{summary['complete']} trials complete, {summary['pruned']} pruned, "
+              f"{summary['fail']} failed (budget {summary['budget']})")
+        if best is not None:
+            print(f"best: trial #{best['number']:04d}, valid NDCG@10 {best['value']:.4f}; "
+                  f"settings in {Path(args.out) / 'best.yaml'}")
+    return 0
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from llmesr.training.sweep import parse_grid, sweep
+
+    param, values = parse_grid(args.set_grid)
+    result = sweep(args.dir, args.out, param=param, values=values, seeds=args.seeds,
+                   model=args.model, backbone=args.backbone, preset=args.preset,
+                   overrides=dict(args.set), config=args.config, epochs=args.epochs,
+                   embeddings=args.embeddings, jobs=args.jobs, progress=not args.quiet,
+                   log=_quiet_or_print(args))
+    if not args.quiet:
+        overall = result["results"]["overall"]
+        print(f"{param:>14}  test HR@10 (mean ± std)  NDCG@10")
+        for i, v in enumerate(values):
+            hr, nd = overall["HR@10"], overall["NDCG@10"]
+            print(f"{v:>14}  {hr['mean'][i]:.4f} ± {hr['std'][i]:.4f}     "
+                  f"{nd['mean'][i]:.4f} ± {nd['std'][i]:.4f}")
     return 0
 
 
@@ -754,7 +885,7 @@ def main(argv: list[str] | None = None) -> int:
                 "embed": cmd_embed, "import-authors": cmd_import_authors, "train": cmd_train,
                 "evaluate": cmd_evaluate, "report": cmd_report, "reproduce": cmd_reproduce,
                 "demo": cmd_demo, "recommend": cmd_recommend, "add-items": cmd_add_items,
-                "serve": cmd_serve}
+                "serve": cmd_serve, "tune": cmd_tune, "sweep": cmd_sweep}
     try:
         return handlers[args.command](args)
     except LlmesrError as e:

@@ -2,8 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import difflib
+import json
+import math
+import numbers
+import os
+import re
+import tempfile
 from dataclasses import dataclass, fields
+from pathlib import Path
 from typing import Any, get_type_hints
 
 from llmesr.errors import LlmesrError
@@ -133,3 +142,227 @@ def with_overrides(cfg: Any, overrides: dict[str, Any]) -> Any:
         raise LlmesrError(f"unknown setting(s) {bad} for {type(cfg).__name__}; settings: "
                           f"{', '.join(sorted(known))}")
     return dataclasses.replace(cfg, **overrides)
+
+
+# ---- declared settings: one check of type and range per field ------------------------------
+
+@dataclass(frozen=True)
+class Setting:
+    """The type and allowed values of one config field.
+
+    A table ``{field: Setting}`` next to a config dataclass is the one place its fields are
+    checked, whichever way a value arrives: ``--set key=value`` (a string, :meth:`parse`), a
+    ``--config`` file (YAML/JSON values) or Python (:func:`check_settings` from the dataclass's
+    ``validate``). Build entries with :func:`Int`, :func:`Float`, :func:`Bool`, :func:`Str`,
+    :func:`Choice` and :func:`Choices`.
+    """
+
+    kind: type                              #: bool | int | float | str | tuple
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False                  #: low itself is not allowed
+    high_open: bool = False
+    #: the allowed values (str/int settings) or the allowed elements (tuple settings)
+    choices: tuple | None = None
+    #: a regular expression the whole value must match (str settings)
+    pattern: str | None = None
+    #: None is allowed (written none/null on the command line)
+    optional: bool = False
+    #: what the setting takes, in words (instead of the one derived from the fields above)
+    label: str | None = None
+
+    def describe(self) -> str:
+        """What the setting takes, for error messages."""
+        if self.label is not None:
+            return self.label
+        if self.kind is tuple:
+            return f"a comma-separated list of {', '.join(map(str, self.choices or ()))}"
+        if self.choices is not None:
+            return "one of " + ", ".join(map(str, self.choices))
+        text = {bool: "true or false", int: "an integer", float: "a number",
+                str: "text"}[self.kind]
+        if self.low is not None and self.high is not None:
+            text += (f" in {'(' if self.low_open else '['}{_num(self.low)}, "
+                     f"{_num(self.high)}{')' if self.high_open else ']'}")
+        elif self.low is not None:
+            text += f" {'>' if self.low_open else '>='} {_num(self.low)}"
+        elif self.high is not None:
+            text += f" {'<' if self.high_open else '<='} {_num(self.high)}"
+        if self.pattern is not None:
+            text += f" matching {self.pattern}"
+        return text + (" (or none)" if self.optional else "")
+
+    def parse(self, key: str, text: str) -> Any:
+        """A command-line (or YAML string) value as this setting's type, checked."""
+        t = text.strip()
+        if self.optional and t.lower() in ("none", "null", ""):
+            return None
+        if self.kind is bool:
+            if t.lower() in ("1", "true", "yes", "on"):
+                return True
+            if t.lower() in ("0", "false", "no", "off"):
+                return False
+        elif self.kind in (int, float):
+            try:
+                number = self.kind(t)
+            except ValueError:
+                pass
+            else:
+                try:
+                    return self.check(key, number)
+                except LlmesrError:
+                    pass        # the message below shows the text as given
+        elif self.kind is tuple:
+            return self.check(key, tuple(v.strip() for v in t.split(",") if v.strip()))
+        else:
+            return self.check(key, t)
+        raise LlmesrError(f"setting '{key}' must be {self.describe()}, got {text!r}")
+
+    def check(self, key: str, value: Any) -> Any:
+        """``value`` if it is allowed (ints widened to float for float settings, lists made
+        tuples); otherwise a one-line :class:`LlmesrError` naming the setting."""
+        def bad(why: str = "") -> LlmesrError:
+            return LlmesrError(f"setting '{key}' must be {self.describe()}, got {value!r}{why}")
+
+        if value is None:
+            if self.optional:
+                return None
+            raise bad()
+        if self.kind is bool:
+            if not isinstance(value, bool):
+                raise bad()
+            return value
+        if self.kind is int:
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+                raise bad()
+            value = int(value)
+        elif self.kind is float:
+            if isinstance(value, bool) or not isinstance(value, numbers.Real):
+                raise bad()
+            value = float(value)
+            if not math.isfinite(value):
+                raise bad()
+        elif self.kind is str:
+            if not isinstance(value, str):
+                raise bad()
+            if self.pattern is not None and not re.fullmatch(self.pattern, value):
+                raise bad()
+        elif self.kind is tuple:
+            if isinstance(value, str):
+                value = tuple(v.strip() for v in value.split(",") if v.strip())
+            if not isinstance(value, (list, tuple)):
+                raise bad()
+            value = tuple(value)
+            if self.choices is not None and any(v not in self.choices for v in value):
+                raise bad()
+            if len(set(value)) != len(value):
+                raise bad(" (an entry is repeated)")
+            return value
+        if self.choices is not None:
+            if value not in self.choices:
+                raise bad()
+            return value
+        if self.low is not None and (value < self.low or (self.low_open and value == self.low)):
+            raise bad()
+        if self.high is not None and (value > self.high
+                                      or (self.high_open and value == self.high)):
+            raise bad()
+        return value
+
+
+def _num(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() and abs(x) < 1e15 else f"{x:g}"
+
+
+def Int(low: int | None = None, high: int | None = None, **kw: Any) -> Setting:  # noqa: N802
+    return Setting(int, low, high, **kw)
+
+
+def Float(low: float | None = None, high: float | None = None, **kw: Any  # noqa: N802
+          ) -> Setting:
+    return Setting(float, low, high, **kw)
+
+
+def Bool() -> Setting:  # noqa: N802
+    return Setting(bool)
+
+
+def Str(pattern: str | None = None, **kw: Any) -> Setting:  # noqa: N802
+    return Setting(str, pattern=pattern, **kw)
+
+
+def Choice(*values: Any) -> Setting:  # noqa: N802
+    """One of ``values`` (all str or all int)."""
+    return Setting(type(values[0]), choices=tuple(values))
+
+
+def Choices(*values: str) -> Setting:  # noqa: N802
+    """A tuple of distinct entries from ``values`` (may be empty)."""
+    return Setting(tuple, choices=tuple(values))
+
+
+def check_settings(cfg: Any, table: dict[str, Setting]) -> None:
+    """Check (and normalise in place) every field of dataclass ``cfg`` that ``table`` declares.
+
+    A field missing from the table is not checked here; the tests require every field to be
+    declared (tests/models/test_config.py)."""
+    for f in fields(cfg):
+        rule = table.get(f.name)
+        if rule is not None:
+            object.__setattr__(cfg, f.name, rule.check(f.name, getattr(cfg, f.name)))
+
+
+def unknown_setting(key: str, known: Any, where: str = "") -> LlmesrError:
+    """The error for a key that is no setting, with the closest names."""
+    close = difflib.get_close_matches(key, list(known), n=3)
+    hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else \
+        "; see 'llmesr train --help' for the model and training settings"
+    return LlmesrError(f"{where}unknown setting '{key}'{hint}")
+
+
+# ---- settings files --------------------------------------------------------------------------
+
+def read_settings_file(path: str | Path) -> Any:
+    """The parsed content of a YAML or JSON file (JSON for ``.json``, else YAML), with every
+    failure as one :class:`LlmesrError` line naming the file."""
+    import yaml
+
+    p = Path(path)
+    if p.is_dir():
+        raise LlmesrError(f"{p} is a folder, not a settings file")
+    try:
+        text = p.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise LlmesrError(f"settings file not found: {p}") from None
+    except UnicodeDecodeError:
+        raise LlmesrError(f"{p} is not UTF-8 text") from None
+    except OSError as e:
+        raise LlmesrError(f"cannot read {p} ({e.strerror or e})") from None
+    if p.suffix.lower() == ".json":
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError as e:
+            raise LlmesrError(f"{p}:{e.lineno}: not valid JSON ({e.msg})") from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f":{mark.line + 1}" if mark is not None else ""
+        what = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise LlmesrError(f"{p}{where}: not valid YAML ({what})") from None
+
+
+def write_text_atomic(path: str | Path, text: str) -> None:
+    """Write ``text`` to ``path`` via a temporary file and rename."""
+    p = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, p)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise

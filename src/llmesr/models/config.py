@@ -9,10 +9,13 @@ named field below.
 from __future__ import annotations
 
 import dataclasses
+import json
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
-from llmesr.config import coerce
+from llmesr.config import (Bool, Choice, Choices, Float, Int, Setting, Str, check_settings,
+                           read_settings_file, unknown_setting, write_text_atomic)
 from llmesr.errors import LlmesrError
 
 MODELS = ("id", "llminit", "llmesr")
@@ -79,7 +82,11 @@ class ModelConfig:
     #: Bert4Rec masking probability (the paper's scripts: 0.6)
     mask_prob: float = 0.6
 
+    def __post_init__(self) -> None:
+        self.validate()
+
     def validate(self) -> "ModelConfig":
+        check_settings(self, MODEL_FIELDS)
         for name, allowed in (("model", MODELS), ("backbone", BACKBONES), ("loss", LOSSES),
                               ("co_init", ("pca", "random"))):
             if getattr(self, name) not in allowed:
@@ -131,12 +138,66 @@ class TrainConfig:
     #: evaluate on the test split after training with these protocols
     test_protocols: tuple[str, ...] = ("full", "sampled")
 
+    def __post_init__(self) -> None:
+        self.validate()
+
     def validate(self) -> "TrainConfig":
+        check_settings(self, TRAIN_FIELDS)
         if self.valid_protocol not in ("full", "sampled"):
             raise LlmesrError("valid_protocol must be full or sampled")
         if self.ties not in ("pessimistic", "optimistic"):
             raise LlmesrError("ties must be pessimistic or optimistic")
         return self
+
+
+# ---- the type and range of every field: the one check behind --set, --config and Python ------
+# One line per field; a field missing here fails tests/models/test_config.py.
+MODEL_FIELDS: dict[str, Setting] = {
+    "model": Choice(*MODELS),
+    "backbone": Choice(*BACKBONES),
+    "hidden": Int(1),
+    "layers": Int(1),
+    "heads": Int(1),
+    "dropout": Float(0, 1, high_open=True),
+    "max_len": Int(1),
+    "causal": Bool(),
+    "mask_padded_keys": Bool(),
+    "gru_mask_padding": Bool(),
+    "causal_cross_attention": Bool(),
+    "use_co_view": Bool(),
+    "use_se_view": Bool(),
+    "use_cross_attention": Bool(),
+    "share_encoder": Bool(),
+    "adapter_layers": Choice(1, 2),
+    "adapter_activation": Bool(),
+    "co_init": Choice("pca", "random"),
+    "freeze_semantic": Bool(),
+    "cross_attention_residual": Bool(),
+    "alpha": Float(0),
+    "sd_teachers": Int(1),
+    "teacher_dropout": Bool(),
+    "co_dropout": Float(0, 1, high_open=True),
+    "item_reg": Bool(),
+    "beta": Float(0),
+    "loss": Choice(*LOSSES),
+    "sampled_negatives": Int(1),
+    "mask_prob": Float(0, 1, low_open=True),
+}
+TRAIN_FIELDS: dict[str, Setting] = {
+    "lr": Float(0, low_open=True),
+    "batch_size": Int(1),
+    "epochs": Int(1),
+    "patience": Int(1),
+    "seed": Int(0, 2**32 - 1),
+    "valid_protocol": Choice("full", "sampled"),
+    "resample_negatives": Bool(),
+    "ties": Choice("pessimistic", "optimistic"),
+    "exclude_seen": Bool(),
+    "eval_batch_size": Int(1),
+    "device": Str(r"auto|cpu|mps|cuda(:[0-9]+)?", label="auto, cpu, cuda, cuda:N or mps"),
+    "amp": Bool(),
+    "test_protocols": Choices("full", "sampled"),
+}
 
 
 PRESETS: dict[str, dict[str, dict[str, Any]]] = {
@@ -150,42 +211,114 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
 }
 
 
-def build_configs(preset: str, backbone: str, model: str,
-                  overrides: dict[str, str] | None = None) -> tuple[ModelConfig, TrainConfig]:
-    """The preset's settings for a model and backbone, then ``key=value`` overrides."""
+def build_configs(preset: str | None = "default", backbone: str | None = None,
+                  model: str | None = None, overrides: dict[str, Any] | None = None,
+                  config: str | Path | dict[str, Any] | None = None
+                  ) -> tuple[ModelConfig, TrainConfig]:
+    """The settings of a run, each layer over the one before: the preset (with the backbone's
+    own defaults: one GRU layer, a bidirectional Bert4Rec), then ``config`` (a YAML/JSON file,
+    a run directory or a mapping; see :func:`load_settings`), then ``overrides`` (``--set``:
+    strings as on the command line, or typed values). ``model`` and ``backbone`` (else the
+    file's, else llmesr and sasrec) choose the model; ``overrides`` may set them too.
+    ``preset`` None takes the file's ``preset:``, else default. Every value is checked
+    against MODEL_FIELDS / TRAIN_FIELDS."""
+    filed = load_settings(config) if config is not None else {}
+    preset = preset or filed.pop("preset", None) or "default"
+    filed.pop("preset", None)
     if preset not in PRESETS:
         raise LlmesrError(f"unknown preset {preset!r}; presets: {', '.join(PRESETS)}")
-    mcfg = ModelConfig(model=model, backbone=backbone,
-                       **PRESETS[preset]["model"])
+    layered = {k: setting_value(k, v) for k, v in (overrides or {}).items()}
+    model = layered.get("model") or model or filed.get("model") or "llmesr"
+    backbone = layered.get("backbone") or backbone or filed.get("backbone") or "sasrec"
+    mcfg = ModelConfig(model=model, backbone=backbone, **PRESETS[preset]["model"])
     if backbone == "gru4rec":
         mcfg.layers = 1
     if backbone == "bert4rec":
         mcfg.causal = False  # Bert4Rec is bidirectional by design
     tcfg = TrainConfig(**PRESETS[preset]["train"])
-    for key, value in (overrides or {}).items():
-        if key in {f.name for f in dataclasses.fields(ModelConfig)}:
-            setattr(mcfg, key, _parse(ModelConfig, key, value))
-        elif key in {f.name for f in dataclasses.fields(TrainConfig)}:
-            setattr(tcfg, key, _parse(TrainConfig, key, value))
-        else:
-            raise LlmesrError(f"unknown setting '{key}'; see 'llmesr train --help' for the "
-                              "model and training settings")
+    for key, value in [*filed.items(), *layered.items()]:
+        if key not in ("model", "backbone"):
+            setattr(mcfg if key in MODEL_FIELDS else tcfg, key, value)
+    mcfg.model, mcfg.backbone = model, backbone
     return mcfg.validate(), tcfg.validate()
 
 
-def _parse(cls: type, key: str, value: Any) -> Any:
-    if not isinstance(value, str):
-        return value
-    current = {f.name: f for f in dataclasses.fields(cls)}[key]
-    if current.type in ("bool", bool):
-        if value.lower() in ("1", "true", "yes", "on"):
-            return True
-        if value.lower() in ("0", "false", "no", "off"):
-            return False
-        raise LlmesrError(f"setting '{key}' needs true or false, got {value!r}")
-    if "tuple" in str(current.type):
-        return tuple(v.strip() for v in value.split(",") if v.strip())
-    return coerce(cls, key, value)
+def setting_value(key: str, value: Any, where: str = "") -> Any:
+    """One setting's value, checked: a string is parsed as on the command line."""
+    rule = MODEL_FIELDS.get(key) or TRAIN_FIELDS.get(key)
+    if rule is None:
+        raise unknown_setting(key, [*MODEL_FIELDS, *TRAIN_FIELDS], where)
+    try:
+        return rule.parse(key, value) if isinstance(value, str) else rule.check(key, value)
+    except LlmesrError as e:
+        raise LlmesrError(f"{where}{e}") from None
+
+
+def load_settings(config: str | Path | dict[str, Any]) -> dict[str, Any]:
+    """The settings in a config file as one checked ``{field: value}`` mapping.
+
+    ``config`` is a YAML or JSON file, a run directory (its config.yaml, else config.json) or
+    an already-read mapping. The content is either flat (``lr: 0.001``, ``model: id``, ...) or
+    in two sections, ``model:`` (ModelConfig fields) and ``train:`` (TrainConfig fields),
+    with an optional top-level ``preset:`` (kept under that key); a run's config.json
+    (``{"kind": "llmesr-run", "configs": {...}}``) and the ``best.yaml`` of ``llmesr tune``
+    are valid too. An unknown key is an error naming it.
+    """
+    where = ""
+    if isinstance(config, (str, Path)):
+        path = Path(config)
+        if path.is_dir():
+            found = [path / n for n in ("config.yaml", "config.json") if (path / n).is_file()]
+            if not found:
+                raise LlmesrError(f"{path} is a folder without config.yaml or config.json")
+            path = found[0]
+        where = f"{path}: "
+        data = read_settings_file(path)
+    else:
+        data = config
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise LlmesrError(f"{where}expected a mapping of settings (key: value), got "
+                          f"{type(data).__name__}")
+    if data.get("kind") == "llmesr-run" and isinstance(data.get("configs"), dict):
+        data = data["configs"]        # a run's config.json
+    out: dict[str, Any] = {}
+    sections = {"model": MODEL_FIELDS, "train": TRAIN_FIELDS}
+    for key, value in data.items():
+        key = str(key)
+        if key in sections and (isinstance(value, dict) or value is None):
+            for k, v in (value or {}).items():
+                k = str(k)
+                if k not in sections[key]:
+                    other = "train" if key == "model" else "model"
+                    if k in sections[other]:
+                        raise LlmesrError(f"{where}'{k}' is a {other} setting: put it under "
+                                          f"'{other}:', not '{key}:'")
+                    raise unknown_setting(k, sections[key], f"{where}section '{key}': ")
+                out[k] = setting_value(k, v, where)
+        elif key == "preset":
+            if value not in PRESETS:
+                raise LlmesrError(f"{where}preset must be one of {', '.join(PRESETS)}, got "
+                                  f"{value!r}")
+            out["preset"] = value
+        else:
+            out[key] = setting_value(key, value, where)
+    return out
+
+
+def configs_to_yaml(mcfg: ModelConfig, tcfg: TrainConfig, header: str = "") -> str:
+    """The settings as YAML in two sections (``model:``, ``train:``), valid for ``--config``;
+    ``header`` becomes comment lines at the top."""
+    import yaml
+
+    body = yaml.safe_dump(json.loads(json.dumps(configs_to_dict(mcfg, tcfg))), sort_keys=False)
+    return "".join(f"# {line}".rstrip() + "\n" for line in header.splitlines()) + body
+
+
+def write_config_yaml(path: str | Path, mcfg: ModelConfig, tcfg: TrainConfig,
+                      header: str = "") -> None:
+    write_text_atomic(path, configs_to_yaml(mcfg, tcfg, header))
 
 
 def configs_to_dict(mcfg: ModelConfig, tcfg: TrainConfig) -> dict[str, Any]:
@@ -198,5 +331,6 @@ def configs_from_dict(d: dict[str, Any]) -> tuple[ModelConfig, TrainConfig]:
     return ModelConfig(**d["model"]).validate(), TrainConfig(**train).validate()
 
 
-__all__ = ["ModelConfig", "TrainConfig", "PRESETS", "build_configs", "configs_to_dict",
-           "configs_from_dict"]
+__all__ = ["ModelConfig", "TrainConfig", "PRESETS", "MODEL_FIELDS", "TRAIN_FIELDS",
+           "build_configs", "load_settings", "setting_value", "configs_to_dict",
+           "configs_from_dict", "configs_to_yaml", "write_config_yaml"]

@@ -11,6 +11,9 @@ Layout::
 
 Running the command again continues the grid: finished runs (metrics.json present, same
 settings) are kept, interrupted ones resume from their last epoch, the rest start.
+
+:func:`train_grid` is the runner behind it, shared with ``llmesr sweep``
+(:mod:`llmesr.training.sweep`), whose grid is one setting's values x seeds.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +41,8 @@ class GridRun:
     model: str
     seed: int
     path: Path
+    #: this run's own settings (``--set`` strings) over the grid's
+    settings: dict[str, str] = field(default_factory=dict)
 
     @property
     def name(self) -> str:
@@ -60,11 +65,17 @@ def plan_grid(out: Path, models: list[str], backbones: list[str], seeds: list[in
             for b in backbones for m in models for s in seeds]
 
 
-def _status(run: GridRun, preset: str, overrides: dict[str, str]) -> str:
+def _run_settings(run: GridRun, overrides: dict[str, str]) -> dict[str, str]:
+    return {**overrides, **run.settings, "seed": str(run.seed)}
+
+
+def _status(run: GridRun, preset: str | None, overrides: dict[str, str],
+            config: str | Path | None = None) -> str:
     """done | resume | new for a planned run (raises if the folder holds another run)."""
     from llmesr.training.trainer import same_settings
 
-    mcfg, tcfg = build_configs(preset, run.backbone, run.model, overrides)
+    mcfg, tcfg = build_configs(preset, run.backbone, run.model, _run_settings(run, overrides),
+                               config=config)
     if not run.path.exists() or not any(run.path.iterdir()):
         return "new"
     if not (run.path / "config.json").is_file():
@@ -77,16 +88,80 @@ def _status(run: GridRun, preset: str, overrides: dict[str, str]) -> str:
     return "resume" if (run.path / "checkpoint" / "state.json").is_file() else "new"
 
 
-def _train_args(data_dir: Path, run: GridRun, preset: str, overrides: dict[str, str],
-                status: str, embeddings: str | None) -> list[str]:
-    args = [str(data_dir), "--model", run.model, "--backbone", run.backbone, "--preset", preset,
-            "--out", str(run.path)]
+def grid_status(grid: list[GridRun], preset: str | None, overrides: dict[str, str],
+                config: str | Path | None = None) -> dict[str, str]:
+    """Each run's status (see :func:`_status`); checks every run's settings before anything
+    starts."""
+    return {run.name: _status(run, preset, overrides, config) for run in grid}
+
+
+def _train_args(data_dir: Path, run: GridRun, preset: str | None, overrides: dict[str, str],
+                status: str, embeddings: str | None, config: str | Path | None = None
+                ) -> list[str]:
+    args = [str(data_dir), "--model", run.model, "--backbone", run.backbone, "--out",
+            str(run.path)]
+    if preset:
+        args += ["--preset", preset]
+    if config is not None:
+        args += ["--config", str(config)]
     for k, v in overrides.items():
         args += ["--set", f"{k}={v}"]
     if embeddings:
         args += ["--embeddings", embeddings]
     args.append("--resume" if status == "resume" else "--overwrite")
     return args
+
+
+def train_grid(data_dir: Path, grid: list[GridRun], statuses: dict[str, str], *,
+               preset: str | None, overrides: dict[str, str],
+               config: str | Path | None = None, embeddings: str | None = None, jobs: int = 1,
+               progress: bool = True, log=print) -> None:
+    """Train every run of ``grid`` that is not ``done`` (resuming the interrupted ones), one
+    at a time in this process or ``jobs`` at a time as ``llmesr train`` subprocesses (each
+    with cores / jobs threads and its output in ``<run>.log``)."""
+    if jobs < 1:
+        raise LlmesrError("--jobs must be at least 1")
+    todo = [r for r in grid if statuses[r.name] != "done"]
+    log(f"grid: {len(grid)} runs, {len(grid) - len(todo)} already finished, {len(todo)} to "
+        f"train ({jobs} at a time)")
+    failed: list[str] = []
+    t0 = time.perf_counter()
+    if jobs == 1:
+        from llmesr.training.trainer import Trainer
+
+        for i, run in enumerate(todo, 1):
+            log(f"[{i}/{len(todo)}] {run.name} ({statuses[run.name]})")
+            mcfg, tcfg = build_configs(preset, run.backbone, run.model,
+                                       _run_settings(run, overrides), config=config)
+            Trainer(data_dir, mcfg, tcfg, run.path, embeddings=embeddings,
+                    resume=statuses[run.name] == "resume", overwrite=True, progress=progress,
+                    log=log).fit()
+    else:
+        threads = max(1, (os.cpu_count() or 1) // jobs)
+        env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+        todo.sort(key=lambda r: -_COST.get(r.model, 1))
+
+        def work(run: GridRun) -> None:
+            args = _train_args(data_dir, run, preset, _run_settings(run, overrides),
+                               statuses[run.name], embeddings, config)
+            logfile = run.path.parent / f"{run.name}.log"
+            logfile.parent.mkdir(parents=True, exist_ok=True)
+            log(f"start {run.name} ({statuses[run.name]}; output in {logfile})")
+            with open(logfile, "a") as f:
+                rc = subprocess.run([sys.executable, "-m", "llmesr.cli", "train", *args,
+                                     "--quiet"], stdout=f, stderr=subprocess.STDOUT,
+                                    env=env).returncode
+            if rc != 0:
+                failed.append(f"{run.name} (exit {rc}; see {logfile})")
+            log(f"{'FAILED' if rc else 'finished'} {run.name} "
+                f"({(time.perf_counter() - t0) / 60:.1f} min into the grid)")
+
+        with ThreadPoolExecutor(max_workers=jobs) as pool:
+            list(pool.map(work, todo))
+    if failed:
+        raise LlmesrError(f"{len(failed)} run(s) failed: {'; '.join(failed)}. The finished runs "
+                          "are kept; run the same command again to retry")
+    log(f"training done in {(time.perf_counter() - t0) / 60:.1f} min")
 
 
 def reproduce(data_dir: str | Path, out: str | Path, *, seeds: list[int],
@@ -109,55 +184,14 @@ def reproduce(data_dir: str | Path, out: str | Path, *, seeds: list[int],
     if jobs < 1:
         raise LlmesrError("--jobs must be at least 1")
     grid = plan_grid(out, models, backbones, seeds)
-    statuses = {}
-    for run in grid:
-        statuses[run.name] = _status(run, preset, {**overrides, "seed": str(run.seed)})
-        # validates every setting before anything starts
+    statuses = grid_status(grid, preset, overrides)   # checks every setting before anything
     out.mkdir(parents=True, exist_ok=True)
     write_json_atomic(out / "grid.json", {
         "kind": "llmesr-grid", "data_dir": str(data_dir.resolve()), "preset": preset,
         "models": models, "backbones": backbones, "seeds": seeds, "overrides": overrides,
         "embeddings": embeddings})
-    todo = [r for r in grid if statuses[r.name] != "done"]
-    log(f"grid: {len(grid)} runs, {len(grid) - len(todo)} already finished, {len(todo)} to "
-        f"train ({jobs} at a time)")
-    failed: list[str] = []
-    t0 = time.perf_counter()
-    if jobs == 1:
-        from llmesr.training.trainer import Trainer
-
-        for i, run in enumerate(todo, 1):
-            log(f"[{i}/{len(todo)}] {run.name} ({statuses[run.name]})")
-            mcfg, tcfg = build_configs(preset, run.backbone, run.model,
-                                       {**overrides, "seed": str(run.seed)})
-            Trainer(data_dir, mcfg, tcfg, run.path, embeddings=embeddings,
-                    resume=statuses[run.name] == "resume", overwrite=True, progress=progress,
-                    log=log).fit()
-    else:
-        threads = max(1, (os.cpu_count() or 1) // jobs)
-        env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
-        todo.sort(key=lambda r: -_COST.get(r.model, 1))
-
-        def work(run: GridRun) -> None:
-            args = _train_args(data_dir, run, preset, {**overrides, "seed": str(run.seed)},
-                               statuses[run.name], embeddings)
-            logfile = run.path.parent / f"{run.name}.log"
-            logfile.parent.mkdir(parents=True, exist_ok=True)
-            log(f"start {run.name} ({statuses[run.name]}; output in {logfile})")
-            with open(logfile, "a") as f:
-                rc = subprocess.run([sys.executable, "-m", "llmesr.cli", "train", *args,
-                                     "--quiet"], stdout=f, stderr=subprocess.STDOUT,
-                                    env=env).returncode
-            if rc != 0:
-                failed.append(f"{run.name} (exit {rc}; see {logfile})")
-            log(f"{'FAILED' if rc else 'finished'} {run.name} "
-                f"({(time.perf_counter() - t0) / 60:.1f} min into the grid)")
-
-        with ThreadPoolExecutor(max_workers=jobs) as pool:
-            list(pool.map(work, todo))
-    if failed:
-        raise LlmesrError(f"{len(failed)} run(s) failed: {'; '.join(failed)}. The finished runs "
-                          "are kept; run the same command again to retry")
-    log(f"training done in {(time.perf_counter() - t0) / 60:.1f} min; writing the report")
+    train_grid(data_dir, grid, statuses, preset=preset, overrides=overrides,
+               embeddings=embeddings, jobs=jobs, progress=progress, log=log)
+    log("writing the report")
     return write_report([r.path for r in grid], out / "report", baseline=baseline, tsne=tsne,
                         tsne_items=tsne_items, log=log)

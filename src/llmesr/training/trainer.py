@@ -170,11 +170,14 @@ class Trainer:
     def __init__(self, data_dir: str | Path, mcfg: ModelConfig, tcfg: TrainConfig,
                  run_dir: str | Path, *, embeddings: str | None = None, resume: bool = False,
                  overwrite: bool = False, progress: bool = True, log=print,
-                 evaluate_only: bool = False):
+                 evaluate_only: bool = False, on_epoch=None):
         self.data_dir = Path(data_dir)
         self.run_dir = Path(run_dir)
         self.mcfg, self.tcfg = mcfg, tcfg
         self.progress, self.log = progress, log
+        #: called as on_epoch(epoch, validation metrics) after each epoch is saved; it may raise
+        #: to stop training (llmesr tune prunes trials this way)
+        self.on_epoch = on_epoch
         # folders fit() makes (deepest first), removed again if it fails before a checkpoint
         self._made_dirs = [d for d in (self.run_dir, *self.run_dir.parents) if not d.exists()]
         progress_ = "other" if evaluate_only else run_progress(self.run_dir)
@@ -450,6 +453,13 @@ class Trainer:
                      f"({train_time:.1f} s + {eval_time:.1f} s eval)")
             save_training_state(self.run_dir / "checkpoint", self.model, self.optimizer, state,
                                 self.rng)
+            if self.on_epoch is not None:
+                try:
+                    self.on_epoch(epoch, valid)
+                except BaseException:
+                    if writer is not None:
+                        writer.close()
+                    raise
         if writer is not None:
             writer.close()
         return self.finish(state)
@@ -494,6 +504,9 @@ class Trainer:
             "device": str(self.device), "torch": torch.__version__,
         }
         write_json_atomic(self.run_dir / "config.json", cfg)
+        from llmesr.models.config import write_config_yaml
+        write_config_yaml(self.run_dir / "config.yaml", self.mcfg, self.tcfg,
+                          "this run's settings; 'llmesr train DATA --config RUN_DIR' reuses them")
 
     def _append_csv(self, row: dict[str, Any]) -> None:
         path = self.run_dir / "train_log.csv"
