@@ -15,6 +15,9 @@ beauty-s3rec. The JSON (stdout, and ``--out``) holds, all measured in this one p
   (steps per epoch x mean), the FLOPs of one step (forward + backward, counted by
   ``torch.utils.flop_counter``: matmuls, attention and convolutions; element-wise work is not
   counted) and the achieved FLOP/s as a share of ``peak_matmul``;
+- ``losses``: the same step and epoch times for each objective (``LOSS_VARIANTS``: BCE, full
+  softmax, sampled softmax with each sampler, gBCE) on the default preset's SASRec, with each
+  one's ratio to BCE in this run;
 - ``eval``: seconds for one test-split evaluation of all users, full ranking and sampled;
 - ``embed``: item texts per second through the bundled all-MiniLM-L6-v2 encoder;
 - ``train_process``: wall seconds and peak resident memory of a real ``llmesr train`` process
@@ -72,8 +75,9 @@ def step_flops(tr: Trainer, batch: dict) -> int:
 
 
 def train_speed(data: str, preset: str, backbone: str, model: str, steps: int,
-                peak: float, device: str) -> dict:
-    mcfg, tcfg = build_configs(preset, backbone, model, {"epochs": "1", "device": device})
+                peak: float, device: str, overrides: dict[str, str] | None = None) -> dict:
+    mcfg, tcfg = build_configs(preset, backbone, model,
+                               {"epochs": "1", "device": device, **(overrides or {})})
     with tempfile.TemporaryDirectory() as run:
         tr = Trainer(data, mcfg, tcfg, run, overwrite=True, progress=False,
                      log=lambda *a: None)
@@ -94,13 +98,39 @@ def train_speed(data: str, preset: str, backbone: str, model: str, steps: int,
             _sync(tr.device)
             times.append(time.perf_counter() - t0)
     mean = statistics.fmean(times)
-    return {"preset": preset, "backbone": backbone, "model": model, "steps_timed": len(times),
+    return {"preset": preset, "backbone": backbone, "model": model, **(overrides or {}),
+            "steps_timed": len(times),
             "step_seconds_mean": round(mean, 4),
             "step_seconds_median": round(statistics.median(times), 4),
             "steps_per_epoch": per_epoch, "epoch_seconds": round(mean * per_epoch, 1),
             "step_gflops": round(flops / 1e9, 2),
             "achieved_gflops_per_second": round(flops / mean / 1e9, 2),
             "share_of_peak_matmul": round(flops / mean / peak, 4)}
+
+
+#: the objectives timed by ``--losses`` (llmesr.models.losses), each a set of overrides
+LOSS_VARIANTS = {
+    "bce": {"loss": "bce"},
+    "ce": {"loss": "ce"},
+    "sampled_ce-uniform-256": {"loss": "sampled_ce", "negative_sampler": "uniform"},
+    "sampled_ce-popularity-256": {"loss": "sampled_ce", "negative_sampler": "popularity"},
+    "sampled_ce-in_batch": {"loss": "sampled_ce", "negative_sampler": "in_batch"},
+    "gbce-uniform-256": {"loss": "gbce", "negative_sampler": "uniform"},
+}
+
+
+def loss_speed(data: str, models: list[str], steps: int, peak: float, device: str) -> list:
+    """Step and epoch time of each objective (default preset, SASRec), and its ratio to BCE
+    measured in the same run."""
+    out = []
+    for model in models:
+        rows = {name: train_speed(data, "default", "sasrec", model, steps, peak, device,
+                                  dict(ov)) for name, ov in LOSS_VARIANTS.items()}
+        base = rows["bce"]["step_seconds_mean"]
+        for name, row in rows.items():
+            out.append({"variant": name, **row,
+                        "epoch_vs_bce": round(row["step_seconds_mean"] / base, 2)})
+    return out
 
 
 def eval_speed(data: str, model: str, device: str, preset: str = "default") -> list[dict]:
@@ -145,6 +175,9 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--eval-models", nargs="*", default=["id", "llmesr"],
                     help="models to time evaluation for (none: skip)")
+    ap.add_argument("--losses", nargs="*", default=["id", "llmesr"], metavar="MODEL",
+                    help="models to time every objective for (default preset, SASRec; none: "
+                         "skip)")
     ap.add_argument("--embed-texts", type=int, default=2000, help="0 = skip")
     ap.add_argument("--no-train-process", dest="train_process", action="store_false",
                     help="skip the one-epoch `llmesr train` process (time and peak memory)")
@@ -158,6 +191,8 @@ def main() -> None:
               "train": [train_speed(args.data, p, b, m, args.steps, peak["flops_per_second"],
                                     args.device)
                         for p in args.presets for b in args.backbones for m in args.models],
+              "losses": loss_speed(args.data, args.losses, args.steps,
+                                   peak["flops_per_second"], args.device),
               "eval": [r for m in args.eval_models for r in eval_speed(args.data, m,
                                                                         args.device)]}
     if args.embed_texts:

@@ -444,7 +444,7 @@ def _settings(args: argparse.Namespace, prefix: str, flags: list, cls: type) -> 
 
 
 def cmd_prepare(args: argparse.Namespace) -> int:
-    from llmesr.data.pipeline import prepare
+    from llmesr.api import Dataset
 
     options = dict(args.option)
     table_opts = {dest: getattr(args, f"tbl_{dest}") for _f, dest, _h in _TABLE_FLAGS
@@ -453,24 +453,13 @@ def cmd_prepare(args: argparse.Namespace) -> int:
         raise LlmesrError(f"{', '.join('--' + k.replace('_', '-') for k in table_opts)} only "
                           "apply to 'prepare table'; use -o KEY=VALUE for other formats")
     options.update(table_opts)
-    source = args.source
-    if args.download:
-        from llmesr.data.fetch import download_entry
-        from llmesr.data.registry import get_entry
-
-        entry = get_entry(args.name)
-        if entry is None:
-            raise LlmesrError("--download works with named datasets (see 'llmesr datasets')")
-        if source is not None:
-            raise LlmesrError("give either --download or --source, not both")
-        source = download_entry(entry, Path(args.cache_dir) if args.cache_dir else None)
-    prepare(args.name, args.out, source=source, items=args.items, reader_options=options,
-            settings=_settings(args, "prep_", _PREP_FLAGS, PrepareConfig),
-            longtail=_settings(args, "lt_", _LT_FLAGS, LongTailConfig),
-            overwrite=args.overwrite, log=(lambda *a, **k: None) if args.quiet else print)
+    ds = Dataset.prepare(args.name, args.out, source=args.source, items=args.items,
+                         options=options, download=args.download, cache_dir=args.cache_dir,
+                         overwrite=args.overwrite, progress=not args.quiet,
+                         **_settings(args, "prep_", _PREP_FLAGS, PrepareConfig),
+                         **_settings(args, "lt_", _LT_FLAGS, LongTailConfig))
     if not args.quiet:
-        from llmesr.data.artifact import load_dataset
-        print(format_info(load_dataset(args.out).manifest))
+        print(format_info(ds.manifest))
     return 0
 
 
@@ -538,24 +527,15 @@ def cmd_datasets(args: argparse.Namespace) -> int:
 
 
 def cmd_embed(args: argparse.Namespace) -> int:
-    from llmesr.data.artifact import load_dataset
-    from llmesr.semantic.pipeline import default_prompt_config, embed
+    from llmesr.api import Dataset
 
-    cfg = default_prompt_config(load_dataset(args.dir).manifest)
-    if args.domain:
-        cfg.domain = args.domain
-    if args.style:
-        cfg.style = args.style
-    if args.field:
-        cfg.fields = {**cfg.fields, **dict(args.field)}
-    if args.item_template:
-        cfg.item_template = args.item_template
     # strings: make_encoder converts each to its option's type and refuses unknown keys
     options: dict[str, Any] = dict(args.encoder_opt)
-    embed(args.dir, encoder=args.encoder, encoder_options=options, prompt=cfg,
-          pca_dim=args.pca_dim, neighbors=args.neighbors, backend=args.backend,
-          users=not args.no_users, cache_dir=args.cache_dir, progress=not args.quiet,
-          log=(lambda *a, **k: None) if args.quiet else print)
+    Dataset.load(args.dir).embed(
+        args.encoder, encoder_options=options, domain=args.domain, style=args.style,
+        fields=dict(args.field), item_template=args.item_template, pca_dim=args.pca_dim,
+        neighbors=args.neighbors, backend=args.backend, users=not args.no_users,
+        cache_dir=args.cache_dir, progress=not args.quiet)
     return 0
 
 

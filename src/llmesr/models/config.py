@@ -20,7 +20,8 @@ from llmesr.errors import LlmesrError
 
 MODELS = ("id", "llminit", "llmesr")
 BACKBONES = ("sasrec", "bert4rec", "gru4rec")
-LOSSES = ("bce", "ce", "sampled_ce")
+LOSSES = ("bce", "ce", "sampled_ce", "gbce")   # see llmesr.models.losses
+SAMPLERS = ("uniform", "popularity", "in_batch")
 
 
 @dataclass
@@ -76,9 +77,20 @@ class ModelConfig:
     item_reg: bool = False
     beta: float = 0.1
     # ---- loss ------------------------------------------------------------------------------
-    #: bce (the paper: one negative per target) | ce (full softmax) | sampled_ce
+    #: the objective (llmesr.models.losses names each one's source): bce (the paper: one
+    #: negative per target) | ce (full softmax over the catalogue) | sampled_ce (sampled
+    #: softmax) | gbce (gSASRec's generalised BCE)
     loss: str = "bce"
+    #: negatives per batch for sampled_ce and gbce (shared by the batch's positions)
     sampled_negatives: int = 256
+    #: how sampled_ce/gbce draw negatives: uniform | popularity (proportional to the item's
+    #: count among training interactions) | in_batch (the batch's own targets; sampled_ce only)
+    negative_sampler: str = "uniform"
+    #: sampled_ce: subtract log(M Q(item)) from every logit (Yi et al. 2019); a constant, so
+    #: no change, for the uniform sampler
+    logq_correction: bool = True
+    #: gbce: calibration t in [0, 1] (gSASRec: 0.75 with 256 negatives; 0 = BCE)
+    gbce_t: float = 0.75
     #: Bert4Rec masking probability (the paper's scripts: 0.6)
     mask_prob: float = 0.6
 
@@ -88,7 +100,8 @@ class ModelConfig:
     def validate(self) -> "ModelConfig":
         check_settings(self, MODEL_FIELDS)
         for name, allowed in (("model", MODELS), ("backbone", BACKBONES), ("loss", LOSSES),
-                              ("co_init", ("pca", "random"))):
+                              ("co_init", ("pca", "random")),
+                              ("negative_sampler", SAMPLERS)):
             if getattr(self, name) not in allowed:
                 raise LlmesrError(f"{name} must be one of {', '.join(allowed)}, not "
                                   f"{getattr(self, name)!r}")
@@ -103,6 +116,9 @@ class ModelConfig:
                               "initialisation: it needs model llminit or llmesr with co_init=pca")
         if self.hidden % self.heads:
             raise LlmesrError("hidden must be divisible by heads")
+        if self.loss == "gbce" and self.negative_sampler == "in_batch":
+            raise LlmesrError("gbce calibrates for negatives drawn from the catalogue: use "
+                              "negative_sampler=uniform or popularity")
         return self
 
     @property
@@ -181,6 +197,9 @@ MODEL_FIELDS: dict[str, Setting] = {
     "beta": Float(0),
     "loss": Choice(*LOSSES),
     "sampled_negatives": Int(1),
+    "negative_sampler": Choice(*SAMPLERS),
+    "logq_correction": Bool(),
+    "gbce_t": Float(0, 1),
     "mask_prob": Float(0, 1, low_open=True),
 }
 TRAIN_FIELDS: dict[str, Setting] = {

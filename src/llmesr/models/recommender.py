@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from llmesr.errors import LlmesrError
+from llmesr.models import losses
 from llmesr.models.backbones import GRUBackbone, TransformerBackbone
 from llmesr.models.chunking import plan_chunks
 from llmesr.models.config import ModelConfig
@@ -219,30 +220,62 @@ class SequentialRecommender(nn.Module):
         valid = target > 0
         return self.rec_loss_flat(states[valid], target[valid], neg[valid])
 
+    def set_target_counts(self, counts: np.ndarray) -> None:
+        """Each item's count among the training interactions (N,): the popularity distribution
+        Q of the ``popularity`` and ``in_batch`` samplers and of their logQ correction.
+        Not saved with the weights (training sets it from the dataset)."""
+        q = torch.zeros(self.num_items + 2)
+        c = torch.as_tensor(np.asarray(counts, dtype=np.float64), dtype=torch.float64)
+        # +1 smoothing: an item never seen as a target can still be drawn, and log Q is finite
+        q[1:self.num_items + 1] = ((c + 1) / (c + 1).sum()).float()
+        self.register_buffer("target_q", q.to(self._device()), persistent=False)
+
+    def _device(self) -> torch.device:
+        return next(self.parameters()).device
+
     def rec_loss_flat(self, u: torch.Tensor, pos_ids: torch.Tensor, neg_ids: torch.Tensor
                       ) -> torch.Tensor:
-        """The same loss from the states (n, H) of the n positions that have a target."""
+        """The same loss from the states (n, H) of the n positions that have a target.
+
+        ``neg_ids`` (n,): the one negative per target of ``bce`` (the batch builder's,
+        avoiding the user's items); the other objectives draw their own
+        (:mod:`llmesr.models.losses`).
+        """
         if len(u) == 0:
             return u.sum() * 0.0
-        if self.cfg.loss == "bce":
+        cfg = self.cfg
+        if cfg.loss == "bce":
             pos_logit = (u * self.item_embeddings(pos_ids)).sum(-1)
             neg_logit = (u * self.item_embeddings(neg_ids)).sum(-1)
-            return (F.binary_cross_entropy_with_logits(pos_logit, torch.ones_like(pos_logit))
-                    + F.binary_cross_entropy_with_logits(neg_logit,
-                                                         torch.zeros_like(neg_logit)))
-        if self.cfg.loss == "ce":
-            logits = u @ self.item_embeddings().T
-            logits[:, 0] = float("-inf")
-            logits[:, self.mask_token] = float("-inf")
-            return F.cross_entropy(logits.float(), pos_ids)
-        # sampled softmax: one shared set of uniform negatives; accidental hits masked
-        m = self.cfg.sampled_negatives
-        negs = torch.randint(1, self.num_items + 1, (m,), device=u.device)
-        pos_logit = (u * self.item_embeddings(pos_ids)).sum(-1, keepdim=True)
-        neg_logit = u @ self.item_embeddings(negs).T
-        neg_logit = neg_logit.masked_fill(negs[None, :] == pos_ids[:, None], float("-inf"))
-        logits = torch.cat([pos_logit, neg_logit], dim=1).float()
-        return F.cross_entropy(logits, torch.zeros(len(u), dtype=torch.long, device=u.device))
+            return losses.bce(pos_logit, neg_logit)
+        if cfg.loss == "ce":
+            return losses.full_softmax_ce(u, self.item_embeddings(), pos_ids, self.num_items)
+        pos_logit = (u * self.item_embeddings(pos_ids)).sum(-1)
+        m = cfg.sampled_negatives
+        if cfg.negative_sampler == "in_batch":
+            negs, m = pos_ids, len(pos_ids)
+        elif cfg.negative_sampler == "popularity":
+            negs = torch.multinomial(self._q(), m, replacement=True)
+        else:
+            negs = torch.randint(1, self.num_items + 1, (m,), device=u.device)
+        neg_logit = u @ self.item_embeddings(negs).T                       # (n, M)
+        hits = negs[None, :] == pos_ids[:, None]
+        if cfg.loss == "gbce":
+            beta = losses.gbce_beta(m, self.num_items, cfg.gbce_t)
+            return losses.gbce(pos_logit.float(), neg_logit.float(), beta, ~hits)
+        pos_q = neg_q = None
+        if cfg.logq_correction and cfg.negative_sampler != "uniform":
+            q = self._q()
+            pos_q = losses.log_expected_counts(q, pos_ids, m)
+            neg_q = losses.log_expected_counts(q, negs, m)
+        return losses.sampled_softmax(pos_logit, neg_logit, hits, pos_q, neg_q)
+
+    def _q(self) -> torch.Tensor:
+        q = getattr(self, "target_q", None)
+        if q is None:
+            raise LlmesrError("the popularity sampler needs the items' target counts "
+                              "(SequentialRecommender.set_target_counts)")
+        return q
 
     def item_reg_loss(self, seq: torch.Tensor) -> torch.Tensor:
         """Alignment of the two views of the batch's items (SPEC §4.8, off in the paper).

@@ -228,6 +228,9 @@ class Trainer:
         teachers = min(mcfg.sd_teachers, nbrs.shape[1]) if self.use_sd else 0
         self.distill = SelfDistillation(teachers, mcfg.teacher_dropout) if self.use_sd else None
         self.view = TrainView.of(self.ds)
+        # the popularity distribution of the popularity / in-batch samplers (losses.py)
+        _, train_items = self.view.owned(np.arange(len(self.view.train_len)))
+        self.model.set_target_counts(np.bincount(train_items, minlength=self.ds.num_items + 1)[1:])
         self.row_chunk = 512     # at most this many rows per length group (see _chunks)
         self.builder = BatchBuilder(self.view, mcfg.backbone, mcfg.max_len, self.rng,
                                     neighbors=nbrs if self.use_sd else None,

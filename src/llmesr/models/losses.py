@@ -1,0 +1,178 @@
+"""Recommendation objectives: the paper's BCE and the objectives that hold up under full ranking.
+
+Every loss takes the states ``u`` (n, H) of the n positions that have a target, their target
+ids ``pos`` (n,), and the item table; all are means over the n positions.
+
+- ``bce`` — binary cross-entropy with one sampled negative per target (SASRec, Kang & McAuley
+  2018; the LLM-ESR paper's objective, SPEC §4.7)::
+
+      l = -log σ(s⁺) - log(1 - σ(s⁻))
+
+- ``ce`` — full-softmax cross-entropy over the whole catalogue (as in BERT4Rec, Sun et al.
+  2019, and "Turning Dross Into Gold Loss: is BERT4Rec really better than SASRec?", Klenitskiy &
+  Vasilev, RecSys 2023)::
+
+      l = -s⁺ + log Σ_j exp(s_j)       j over items 1..N (padding and mask rows excluded)
+
+  computed by :func:`full_softmax_ce`, which never holds more than a bounded block of the
+  (n, N) logits in float32 at a time (see there).
+
+- ``sampled_ce`` — sampled softmax with M negatives shared by the batch (Jean et al. 2015;
+  the popularity-corrected form of Yi et al., "Sampling-Bias-Corrected Neural Modeling for
+  Large Corpus Item Recommendations", RecSys 2019). With ``logq_correction`` each logit is
+  corrected by the log of the expected number of times its item is drawn, ``log(M · Q(j))``
+  for sampled items (Bengio & Senécal 2008; TensorFlow's ``sampled_softmax_loss``)::
+
+      l = -(s⁺ - log M Q(pos)) + log[ exp(s⁺ - log M Q(pos)) + Σ_k exp(s_k - log M Q(k)) ]
+
+  Negatives that hit the target are removed (accidental hits). Samplers: ``uniform``
+  (Q = 1/N: the correction is a constant and changes nothing), ``popularity`` (Q ∝ the item's
+  count among the training interactions, +1 smoothed) and ``in_batch`` (the negatives are the batch's own targets,
+  whose distribution is the same popularity Q; the diagonal is the positive).
+
+- ``gbce`` — generalised BCE of gSASRec (Petrov & Macdonald, "gSASRec: Reducing
+  Overconfidence in Sequential Recommendation Trained with Negative Sampling", RecSys 2023)
+  with M negatives and calibration ``t`` in [0, 1]::
+
+      α = M / (N - 1)                     the negative sampling rate
+      β = α (t (1 - 1/α) + 1/α)
+      l = -β log σ(s⁺) - Σ_k log(1 - σ(s_k))
+
+  t = 0 gives β = 1: BCE with M negatives (one negative: exactly ``bce``); t = 1 gives β = α.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+#: the objectives, with the paper each comes from (see the module docstring)
+LOSSES = ("bce", "ce", "sampled_ce", "gbce")
+SAMPLERS = ("uniform", "popularity", "in_batch")
+
+#: largest block of float32 logits (elements) held at once by :func:`full_softmax_ce`:
+#: 2^24 = 64 MiB. A batch whose whole (n, N) matrix fits keeps it for the backward pass (no
+#: recomputation); a larger one is processed in row blocks of this size, recomputed in the
+#: backward pass.
+CE_BLOCK_ELEMENTS = 1 << 24
+
+
+def bce(pos_logit: torch.Tensor, neg_logit: torch.Tensor) -> torch.Tensor:
+    """BCE with one negative per target: pos_logit, neg_logit (n,)."""
+    return (F.binary_cross_entropy_with_logits(pos_logit, torch.ones_like(pos_logit))
+            + F.binary_cross_entropy_with_logits(neg_logit, torch.zeros_like(neg_logit)))
+
+
+def gbce_beta(num_negatives: int, num_items: int, t: float) -> float:
+    """gSASRec's β for M negatives out of N items and calibration t."""
+    alpha = num_negatives / max(num_items - 1, 1)
+    return alpha * (t * (1.0 - 1.0 / alpha) + 1.0 / alpha)
+
+
+def gbce(pos_logit: torch.Tensor, neg_logit: torch.Tensor, beta: float,
+         valid: torch.Tensor | None = None) -> torch.Tensor:
+    """gBCE: pos_logit (n,), neg_logit (n, M); ``valid`` (n, M) marks the negatives that count
+    (False for accidental hits)."""
+    neg = F.logsigmoid(-neg_logit)
+    if valid is not None:
+        neg = neg * valid
+    return -(beta * F.logsigmoid(pos_logit) + neg.sum(dim=1)).mean()
+
+
+def sampled_softmax(pos_logit: torch.Tensor, neg_logit: torch.Tensor,
+                    hits: torch.Tensor | None = None,
+                    pos_log_q: torch.Tensor | None = None,
+                    neg_log_q: torch.Tensor | None = None) -> torch.Tensor:
+    """Sampled softmax: pos_logit (n,), neg_logit (n, M) or (M,)-broadcast; ``hits`` (n, M)
+    True where a negative is the row's own target (removed); ``pos_log_q`` (n,) and
+    ``neg_log_q`` (M,) or (n, M): log expected counts subtracted from the logits (logQ)."""
+    if pos_log_q is not None:
+        pos_logit = pos_logit - pos_log_q
+    if neg_log_q is not None:
+        neg_logit = neg_logit - neg_log_q
+    if hits is not None:
+        neg_logit = neg_logit.masked_fill(hits, float("-inf"))
+    logits = torch.cat([pos_logit[:, None], neg_logit], dim=1).float()
+    return (torch.logsumexp(logits, dim=1) - logits[:, 0]).mean()
+
+
+class _FullSoftmaxCE(torch.autograd.Function):
+    """Mean over rows of ``logsumexp(u @ table[1:N+1].T) - u · table[target]``.
+
+    Rows are processed in blocks of at most ``budget`` logits. When the whole (n, N) matrix
+    fits in ``budget``, the log-softmax of each block is kept for the backward pass, which
+    turns it into the softmax in place (one matmul forward, one exp and two matmuls
+    backward); otherwise only the log-normalisers are kept and each block is recomputed
+    there. The gradient's scale ``g / n`` is applied to the small (rows, H) operands, not to
+    the (rows, N) block, and the target's own term is added separately, so the backward pass
+    makes no pass over the block beyond its exp and its two products.
+    """
+
+    @staticmethod
+    def forward(ctx, u: torch.Tensor, table: torch.Tensor, target: torch.Tensor,
+                num_items: int, budget: int) -> torch.Tensor:
+        items = table[1:num_items + 1]                       # padding and mask rows excluded
+        n = len(u)
+        rows = max(1, budget // max(num_items, 1))
+        keep = n * num_items <= budget
+        lse = torch.empty(n, dtype=torch.float32, device=u.device)
+        kept = []
+        for r0 in range(0, n, rows):
+            logits = (u[r0:r0 + rows] @ items.T).float()
+            if keep:
+                block = torch.log_softmax(logits, dim=1)
+                # log-softmax at the target column = logit - lse
+                lse[r0:r0 + rows] = logits[:, 0] - block[:, 0]
+                kept.append(block)
+            else:
+                lse[r0:r0 + rows] = torch.logsumexp(logits, dim=1)
+            del logits
+        pos = (u.float() * table[target].float()).sum(-1)
+        ctx.save_for_backward(u, table, target, lse)
+        ctx.kept, ctx.rows, ctx.num_items = kept, rows, num_items
+        return (lse - pos).mean()
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        u, table, target, lse = ctx.saved_tensors
+        num_items, rows = ctx.num_items, ctx.rows
+        items = table[1:num_items + 1].float()
+        n = len(u)
+        g = grad.float() / n
+        ug = u.float() * g
+        grad_u = torch.empty(u.shape, dtype=torch.float32, device=u.device)
+        grad_items = torch.zeros(items.shape, dtype=torch.float32, device=u.device)
+        for b, r0 in enumerate(range(0, n, rows)):
+            if ctx.kept:
+                p = ctx.kept[b].exp_()                        # softmax, in place
+                ctx.kept[b] = None                            # freed as soon as it is used
+            else:
+                p = (u[r0:r0 + rows].float() @ items.T).sub_(lse[r0:r0 + rows, None]).exp_()
+            torch.mm(p, items, out=grad_u[r0:r0 + rows])
+            grad_items.addmm_(p.T, ug[r0:r0 + rows])
+            del p
+        ctx.kept = None
+        grad_u.mul_(g)
+        # the target's own term: -g * table[target] for u, -g * u for the target rows
+        grad_u.sub_(g * table[target].float())
+        grad_table = torch.zeros(table.shape, dtype=torch.float32, device=u.device)
+        grad_table[1:num_items + 1] = grad_items
+        grad_table.index_add_(0, target, -ug)
+        return grad_u.to(u.dtype), grad_table.to(table.dtype), None, None, None
+
+
+def full_softmax_ce(u: torch.Tensor, table: torch.Tensor, target: torch.Tensor,
+                    num_items: int, budget: int = CE_BLOCK_ELEMENTS) -> torch.Tensor:
+    """Full-softmax CE of states ``u`` (n, H) against ``table`` (N + 2, H) rows 1..N, targets
+    ``target`` (n,) in 1..N; a scalar, the mean over rows. Exact (the same value and gradients
+    as ``F.cross_entropy`` on the materialised logits), in bounded memory."""
+    return _FullSoftmaxCE.apply(u, table, target, num_items, budget)
+
+
+def log_expected_counts(q: torch.Tensor, ids: torch.Tensor, m: int) -> torch.Tensor:
+    """log(M · Q(ids)) for a sampling distribution ``q`` over table rows."""
+    return torch.log(q[ids] * m)
+
+
+__all__ = ["LOSSES", "SAMPLERS", "CE_BLOCK_ELEMENTS", "bce", "gbce", "gbce_beta",
+           "sampled_softmax", "full_softmax_ce", "log_expected_counts"]

@@ -1,0 +1,158 @@
+"""The objectives checked against hand-computed values (llmesr.models.losses)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from llmesr.models import losses
+from llmesr.models.config import ModelConfig
+from llmesr.models.recommender import SequentialRecommender
+
+
+def _sig(x: float) -> float:
+    return 1.0 / (1.0 + math.exp(-x))
+
+
+def test_bce_hand_computed():
+    pos = torch.tensor([2.0, -1.0])
+    neg = torch.tensor([0.5, 1.5])
+    want = -(math.log(_sig(2.0)) + math.log(_sig(-1.0))) / 2 \
+        - (math.log(1 - _sig(0.5)) + math.log(1 - _sig(1.5))) / 2
+    assert float(losses.bce(pos, neg)) == pytest.approx(want, rel=1e-6)
+
+
+def test_full_softmax_ce_hand_computed():
+    # two items (rows 1, 2), padding row 0 and mask row 3 must not count
+    table = torch.tensor([[9.0, 9.0], [1.0, 0.0], [0.0, 1.0], [9.0, 9.0]])
+    u = torch.tensor([[2.0, 1.0]])
+    # logits: item1 = 2, item2 = 1; target item 2
+    want = -1.0 + math.log(math.exp(2.0) + math.exp(1.0))
+    got = losses.full_softmax_ce(u, table, torch.tensor([2]), num_items=2)
+    assert float(got) == pytest.approx(want, rel=1e-6)
+
+
+@pytest.mark.parametrize("budget", [1 << 24, 7, 1])    # kept softmax; recomputed row blocks
+def test_full_softmax_ce_equals_materialised(budget):
+    g = torch.Generator().manual_seed(0)
+    n, items, h = 13, 11, 5
+    u0 = torch.randn(n, h, generator=g, dtype=torch.float64)
+    t0 = torch.randn(items + 2, h, generator=g, dtype=torch.float64)
+    target = torch.randint(1, items + 1, (n,), generator=g)
+    u1, t1 = u0.clone().requires_grad_(), t0.clone().requires_grad_()
+    got = losses.full_softmax_ce(u1, t1, target, items, budget=budget)
+    got.backward()
+    u2, t2 = u0.clone().requires_grad_(), t0.clone().requires_grad_()
+    logits = u2 @ t2[1:items + 1].T
+    want = F.cross_entropy(logits, target - 1)
+    want.backward()
+    assert float(got.detach()) == pytest.approx(float(want.detach()), rel=1e-6)
+    torch.testing.assert_close(u1.grad, u2.grad, rtol=1e-5, atol=1e-6, check_dtype=False)
+    torch.testing.assert_close(t1.grad, t2.grad, rtol=1e-5, atol=1e-6, check_dtype=False)
+    assert float(t1.grad[0].abs().sum()) == 0 and float(t1.grad[-1].abs().sum()) == 0
+
+
+def test_sampled_softmax_logq_formula():
+    pos = torch.tensor([1.0])
+    neg = torch.tensor([[0.5, 2.0, -1.0]])
+    q = torch.tensor([0.0, 0.5, 0.3, 0.2])       # rows 1..3
+    pos_ids, negs, m = torch.tensor([1]), torch.tensor([2, 3, 1]), 3
+    hits = negs[None, :] == pos_ids[:, None]         # the third negative is the target
+    got = losses.sampled_softmax(pos, neg, hits, losses.log_expected_counts(q, pos_ids, m),
+                                 losses.log_expected_counts(q, negs, m))
+    # by hand: logit - log(M Q); the hit removed
+    p = 1.0 - math.log(3 * 0.5)
+    n1 = 0.5 - math.log(3 * 0.3)
+    n2 = 2.0 - math.log(3 * 0.2)
+    want = -p + math.log(math.exp(p) + math.exp(n1) + math.exp(n2))
+    assert float(got) == pytest.approx(want, rel=1e-6)
+    # without the correction: the plain sampled softmax
+    plain = losses.sampled_softmax(pos, neg, hits)
+    assert float(plain) == pytest.approx(-1.0 + math.log(math.e + math.exp(0.5) + math.exp(2.0)),
+                                         rel=1e-6)
+
+
+def test_gbce_beta_and_hand_value():
+    assert losses.gbce_beta(256, 1001, 0.0) == pytest.approx(1.0)
+    assert losses.gbce_beta(256, 1001, 1.0) == pytest.approx(256 / 1000)
+    beta = losses.gbce_beta(4, 11, 0.5)          # alpha = 0.4: 0.4 * (0.5 * (1 - 2.5) + 2.5)
+    assert beta == pytest.approx(0.4 * (0.5 * -1.5 + 2.5))
+    pos = torch.tensor([0.3])
+    neg = torch.tensor([[1.0, -2.0]])
+    valid = torch.tensor([[True, False]])
+    want = -(beta * math.log(_sig(0.3)) + math.log(1 - _sig(1.0)))
+    assert float(losses.gbce(pos, neg, beta, valid)) == pytest.approx(want, rel=1e-6)
+
+
+def test_gbce_reduces_to_bce():
+    g = torch.Generator().manual_seed(1)
+    pos, neg = torch.randn(20, generator=g), torch.randn(20, generator=g)
+    beta = losses.gbce_beta(1, 500, 0.0)
+    assert float(losses.gbce(pos, neg[:, None], beta)) == pytest.approx(
+        float(losses.bce(pos, neg)), rel=1e-6)
+
+
+def _model(loss: str, **kw) -> SequentialRecommender:
+    cfg = ModelConfig(model="id", backbone="sasrec", hidden=8, layers=1, max_len=10,
+                      loss=loss, sampled_negatives=5, **kw)
+    m = SequentialRecommender(cfg, num_items=30)
+    m.set_target_counts(np.arange(30))
+    return m
+
+
+@pytest.mark.parametrize("loss,sampler", [("bce", "uniform"), ("ce", "uniform"),
+                                          ("sampled_ce", "uniform"),
+                                          ("sampled_ce", "popularity"),
+                                          ("sampled_ce", "in_batch"), ("gbce", "uniform"),
+                                          ("gbce", "popularity")])
+def test_model_losses_train(loss, sampler):
+    torch.manual_seed(0)
+    m = _model(loss, negative_sampler=sampler)
+    u = torch.randn(6, 8, requires_grad=True)
+    pos = torch.tensor([1, 2, 3, 3, 29, 30])
+    value = m.rec_loss_flat(u, pos, torch.tensor([4, 5, 6, 7, 8, 9]))
+    assert torch.isfinite(value)
+    value.backward()
+    assert u.grad is not None and float(u.grad.abs().sum()) > 0
+
+
+def test_model_ce_matches_materialised():
+    m = _model("ce")
+    u = torch.randn(4, 8)
+    pos = torch.tensor([1, 5, 30, 7])
+    logits = u @ m.item_embeddings()[1:31].T
+    want = F.cross_entropy(logits, pos - 1)
+    assert float(m.rec_loss_flat(u, pos, pos).detach()) == pytest.approx(float(want), rel=1e-5)
+
+
+def test_in_batch_masks_same_item_and_corrects_with_q():
+    m = _model("sampled_ce", negative_sampler="in_batch")
+    u = torch.randn(3, 8)
+    pos = torch.tensor([4, 4, 9])
+    e = m.item_embeddings(pos)
+    logits = u @ e.T                                  # (3, 3): diagonal = positives
+    lq = torch.log(m.target_q[pos] * 3)
+    rows = []
+    for i in range(3):
+        keep = [j for j in range(3) if int(pos[j]) != int(pos[i])]
+        row = [float(logits[i, i] - lq[i])] + [float(logits[i, j] - lq[j]) for j in keep]
+        rows.append(-row[0] + math.log(sum(math.exp(x) for x in row)))
+    assert float(m.rec_loss_flat(u, pos, pos)) == pytest.approx(sum(rows) / 3, rel=1e-5)
+
+
+def test_popularity_q_smoothed_and_normalised():
+    m = _model("sampled_ce", negative_sampler="popularity")
+    q = m.target_q
+    assert float(q[0]) == 0 and float(q[-1]) == 0
+    assert float(q.sum()) == pytest.approx(1.0, rel=1e-5)
+    assert float(q[1]) == pytest.approx(1 / (np.arange(30) + 1).sum(), rel=1e-5)
+
+
+def test_gbce_needs_catalogue_negatives():
+    from llmesr.errors import LlmesrError
+    with pytest.raises(LlmesrError, match="gbce"):
+        ModelConfig(loss="gbce", negative_sampler="in_batch").validate()
