@@ -126,7 +126,8 @@ def test_model_ce_matches_materialised():
     pos = torch.tensor([1, 5, 30, 7])
     logits = u @ m.item_embeddings()[1:31].T
     want = F.cross_entropy(logits, pos - 1)
-    assert float(m.rec_loss_flat(u, pos, pos).detach()) == pytest.approx(float(want), rel=1e-5)
+    assert float(m.rec_loss_flat(u, pos, pos).detach()) == pytest.approx(float(want.detach()),
+                                                                       rel=1e-5)
 
 
 def test_in_batch_masks_same_item_and_corrects_with_q():
