@@ -361,6 +361,9 @@ def write_text_atomic(path: str | Path, text: str) -> None:
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
+        from llmesr.data.io import public_mode   # here: llmesr.data imports this module
+
+        os.chmod(tmp, public_mode())               # mkstemp's 0600 -> 0666 less the umask
         os.replace(tmp, p)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):

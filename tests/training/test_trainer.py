@@ -136,3 +136,20 @@ def test_every_objective_learns(beauty_subset, tmp_path, loss, sampler, backbone
 def test_full_softmax_run_finishes(beauty_subset, tmp_path):
     m = _train(beauty_subset, tmp_path / "run", "llmesr", "sasrec", epochs=1, loss="ce").fit()
     assert 0.0 < m["test"]["full"]["overall"]["HR@10"] <= 1.0
+
+
+def test_run_directory_follows_the_umask(beauty_subset, tmp_path):
+    """Every file and folder of a run gets the umask's mode (not mkstemp's 0600 / 0700)."""
+    import os
+    import stat
+
+    old = os.umask(0o022)
+    try:
+        _train(beauty_subset, tmp_path / "run", "id", "sasrec", epochs=1).fit()
+    finally:
+        os.umask(old)
+    paths = [tmp_path / "run", *(tmp_path / "run").rglob("*")]
+    assert any(p.name == "config.yaml" for p in paths)
+    for p in paths:
+        want = 0o755 if p.is_dir() else 0o644
+        assert stat.S_IMODE(p.stat().st_mode) == want, f"{p}: {oct(p.stat().st_mode)}"

@@ -33,6 +33,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from llmesr.data.io import public_mode
 from llmesr.errors import LlmesrError
 
 #: called with each step's name ("filled", "committed", "aside", "swapped", "cleaned") once it
@@ -207,6 +208,7 @@ def save_weights(module: torch.nn.Module, path: Path) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     try:
         save_file(state, str(tmp))
+        os.chmod(tmp, public_mode())          # safetensors writes 0600; the umask's mode
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
@@ -276,6 +278,7 @@ def save_training_state(folder: Path, model: torch.nn.Module, optimizer: torch.o
                 tensors[f"{pid}.{name}"] = torch.as_tensor(value).detach().cpu().contiguous()
         tensors["rng.torch"] = torch.get_rng_state()
         save_file(tensors, str(tmp / "optimizer.safetensors"))
+        os.chmod(tmp / "optimizer.safetensors", public_mode())
         meta = {**state, "param_groups": opt["param_groups"],
                 "numpy_rng": np_rng.bit_generator.state}
         (tmp / "state.json").write_text(json.dumps(meta, default=_json_default))
