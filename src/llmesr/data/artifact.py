@@ -31,7 +31,8 @@ import numpy as np
 import pandas as pd
 
 from llmesr.config import LongTailConfig, PrepareConfig, to_dict
-from llmesr.data.io import atomic_directory, provenance, sha256_file, write_json_atomic
+from llmesr.data.io import (atomic_directory, provenance, recover_output, sha256_file,
+                            write_json_atomic)
 from llmesr.data.longtail import Groups, train_lengths
 from llmesr.data.preprocess import Prepared
 from llmesr.errors import LlmesrError
@@ -220,6 +221,8 @@ def load_dataset(path: str | Path, verify: bool = False) -> SequenceDataset:
     """Load an artifact; ``verify=True`` also checks every file's sha256 against the manifest."""
     root = Path(path)
     mpath = root / "manifest.json"
+    if root.parent.is_dir():
+        recover_output(root)       # a kill in the middle of 'prepare --overwrite' is repaired
     if not root.is_dir():
         raise LlmesrError(f"dataset directory not found: {root}")
     if not mpath.is_file():

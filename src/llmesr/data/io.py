@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import glob
 import gzip
 import hashlib
 import io
@@ -229,36 +230,52 @@ def write_json_atomic(path: str | Path, obj: Any) -> None:
         f.write("\n")
 
 
+def recover_output(target: str | Path) -> bool:
+    """Finish or undo an :func:`atomic_directory` swap of ``target`` that a kill interrupted
+    (and remove its leftovers, those of older versions included); returns whether ``target``
+    exists. Readers of such folders call it first, so the next start repairs them."""
+    from llmesr.training.checkpoint import recover_directory   # here: it imports this module
+
+    target = Path(target)
+    legacy = sorted(target.parent.glob(f".{glob.escape(target.name)}.old-*"))
+    return recover_directory(target, legacy=legacy)
+
+
 @contextlib.contextmanager
 def atomic_directory(target: str | Path, overwrite: bool = False) -> Iterator[Path]:
     """Build a directory under a temporary name and move it to ``target`` only on success.
 
     On any exception the temporary directory is removed and an existing ``target`` is left as
     it was, so a failed or interrupted run never leaves something that looks complete. The
-    folder gets the usual permissions (0777 less the umask), not ``mkdtemp``'s 0700.
+    swap is the one of ``llmesr.training.checkpoint.replace_directory`` (fill
+    ``.NAME.partial``; rename it ``.NAME.new``, from which instant the new content counts;
+    move the old folder to ``.NAME.old``; rename ``.NAME.new`` to ``NAME``; delete the old),
+    so a kill at any instant leaves the old or the new folder whole, and
+    :func:`recover_output` (called here and by the readers) completes or undoes it.
     """
+    from llmesr.training.checkpoint import swap_names
+
     target = Path(target)
+    if target.exists() and not target.is_dir():
+        raise LlmesrError(f"output path exists and is not a directory: {target}")
+    if target.parent.is_dir():
+        recover_output(target)
     if target.exists() and not overwrite:
         raise LlmesrError(f"output directory already exists: {target} (pass --overwrite to "
                           "replace it)")
-    if target.exists() and not target.is_dir():
-        raise LlmesrError(f"output path exists and is not a directory: {target}")
     make_dirs(target.parent, "output folder")
+    tmp, new, old = swap_names(target)
     try:
-        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".partial",
-                                    dir=target.parent))
+        tmp.mkdir()
     except OSError as e:
         raise LlmesrError(describe_os_error(e, "write the output directory")) from None
     try:
         yield tmp
-        os.chmod(tmp, public_mode(directory=True))
-        if target.exists():
-            old = target.with_name(f".{target.name}.old-{os.getpid()}")
-            os.replace(target, old)
-            os.replace(tmp, target)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, target)
+        os.replace(tmp, new)                  # committed: from here the new folder counts
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    if target.exists():
+        os.replace(target, old)
+    os.replace(new, target)
+    shutil.rmtree(old, ignore_errors=True)
