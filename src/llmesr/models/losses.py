@@ -51,10 +51,10 @@ LOSSES = ("bce", "ce", "sampled_ce", "gbce")
 SAMPLERS = ("uniform", "popularity", "in_batch")
 
 #: largest block of float32 logits (elements) held at once by :func:`full_softmax_ce`:
-#: 2^24 = 64 MiB. A batch whose whole (n, N) matrix fits keeps it for the backward pass (no
+#: 2^26 = 256 MiB. A batch whose whole (n, N) matrix fits keeps it for the backward pass (no
 #: recomputation); a larger one is processed in row blocks of this size, recomputed in the
 #: backward pass.
-CE_BLOCK_ELEMENTS = 1 << 24
+CE_BLOCK_ELEMENTS = 1 << 26
 
 
 def bce(pos_logit: torch.Tensor, neg_logit: torch.Tensor) -> torch.Tensor:
