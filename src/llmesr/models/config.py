@@ -100,19 +100,9 @@ class ModelConfig:
         self.validate()
 
     def validate(self) -> "ModelConfig":
-        check_settings(self, MODEL_FIELDS)
-        for name, allowed in (("model", MODELS), ("backbone", BACKBONES), ("loss", LOSSES),
-                              ("co_init", ("pca", "random")),
-                              ("negative_sampler", SAMPLERS)):
-            if getattr(self, name) not in allowed:
-                raise LlmesrError(f"{name} must be one of {', '.join(allowed)}, not "
-                                  f"{getattr(self, name)!r}")
+        check_settings(self, MODEL_FIELDS)      # each field's type and range (the table)
         if self.model == "llmesr" and not (self.use_co_view or self.use_se_view):
             raise LlmesrError("LLM-ESR needs at least one of use_co_view / use_se_view")
-        if self.adapter_layers not in (1, 2):
-            raise LlmesrError("adapter_layers must be 1 or 2")
-        if not 0.0 <= self.co_dropout < 1.0:
-            raise LlmesrError("co_dropout must be in [0, 1)")
         if self.co_dropout and (self.model == "id" or self.co_init != "pca"):
             raise LlmesrError("co_dropout replaces collaborative rows by their PCA "
                               "initialisation: it needs model llminit or llmesr with co_init=pca")
@@ -160,11 +150,7 @@ class TrainConfig:
         self.validate()
 
     def validate(self) -> "TrainConfig":
-        check_settings(self, TRAIN_FIELDS)
-        if self.valid_protocol not in ("full", "sampled"):
-            raise LlmesrError("valid_protocol must be full or sampled")
-        if self.ties not in ("pessimistic", "optimistic"):
-            raise LlmesrError("ties must be pessimistic or optimistic")
+        check_settings(self, TRAIN_FIELDS)      # each field's type and range (the table)
         return self
 
 
