@@ -627,7 +627,8 @@ def item_embedding_tsne(rep: dict[str, Any], path: Path, *, max_items: int = 300
     names = dict(_names(rep))
     sc = None
     bar = tqdm(total=len(variants), desc=f"t-SNE ({len(ids):,} items)", unit="map",
-               disable=None if progress is None else not progress, leave=False)
+               disable=None if progress is None else not progress, leave=False,
+               mininterval=0)      # each map takes seconds: show every one as it ends
     for ax, v in zip(axes.flat, variants):
         bar.set_postfix_str(names[v["label"]], refresh=True)
         model, _ = load_run(v["runs"][0])
