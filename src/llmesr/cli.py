@@ -251,6 +251,9 @@ def build_parser() -> argparse.ArgumentParser:
     rpr.add_argument("--embeddings", help="folder under DATA_DIR/semantic/ (default: the first)")
     rpr.add_argument("--jobs", type=int, default=1,
                      help="runs at a time, each with cores/jobs threads (default 1)")
+    rpr.add_argument("--config-dir", metavar="DIR",
+                     help="settings per run: DIR/<model>-<backbone>.yaml over the preset (a "
+                          "folder, or the name of one packaged with llmesr: beauty-s3rec)")
     rpr.add_argument("--baseline", default="id", help="the report's baseline model")
     rpr.add_argument("--no-tsne", action="store_true", help="skip the t-SNE plot")
     rpr.add_argument("--out", required=True, help="output folder")
@@ -335,10 +338,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     tu = sub.add_parser(
         "tune", help="search a model's hyper-parameters with Optuna (validation only)",
-        description="Search one model's declared space (lr, dropout, hidden, max_len, the loss "
-                    "and its parameters; for llmesr also alpha and sd_teachers; hidden is "
-                    "fixed by the PCA size for llminit and llmesr; weight decay is not "
-                    "searched: the trainer has none) with a seeded TPE sampler. Each trial "
+        description="Search one model's declared space (lr, weight decay, dropout, hidden, "
+                    "max_len, the loss and its parameters; for llmesr also alpha and "
+                    "sd_teachers; hidden is fixed by the PCA size for llminit and llmesr) with "
+                    "a seeded TPE sampler. The first trial of a new study is the base "
+                    "configuration (preset, --config, --set). Each trial "
                     "trains with early stopping on validation full-ranking NDCG@10, reports "
                     "each epoch's value to a median pruner, and never evaluates the test "
                     "split. --trials counts trials that completed or were pruned: give every "
@@ -765,7 +769,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     from llmesr.training.grid import reproduce
 
     baseline = None if args.baseline.lower() == "none" else args.baseline
-    reproduce(args.dir, args.out, seeds=args.seeds, models=args.models,
+    reproduce(args.dir, args.out, config_dir=args.config_dir, seeds=args.seeds, models=args.models,
               backbones=args.backbones, preset=args.preset, epochs=args.epochs,
               overrides=dict(args.set), embeddings=args.embeddings, jobs=args.jobs,
               baseline=baseline, tsne=not args.no_tsne, progress=not args.quiet,

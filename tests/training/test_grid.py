@@ -164,3 +164,32 @@ def test_variant_labels_name_the_preset_and_the_differing_settings(grid, tmp_pat
                       "llmesr (paper, alpha=0.1)"]
     with pytest.raises(LlmesrError, match="same settings and seed"):
         group_variants([load_run_result(src), load_run_result(src)])
+
+
+def test_config_dir_gives_each_model_its_own_settings(beauty_subset, tmp_path):
+    cdir = tmp_path / "configs"
+    cdir.mkdir()
+    (cdir / "id-sasrec.yaml").write_text("model:\n  dropout: 0.3\n  hidden: 32\n"
+                                         "train:\n  lr: 0.002\n")
+    out = tmp_path / "g"
+    lines: list[str] = []
+    reproduce(beauty_subset, out, seeds=[1], models=["id", "llminit"], backbones=["sasrec"],
+              epochs=1, overrides={**FAST, "dropout": "0.4"}, config_dir=cdir, tsne=False,
+              progress=False, log=lines.append)
+    cfg = json.loads((out / "runs" / "sasrec-id-seed1" / "config.json").read_text())["configs"]
+    # the file over the preset, --set over the file
+    assert cfg["model"]["hidden"] == 32 and cfg["train"]["lr"] == 0.002
+    assert cfg["model"]["dropout"] == 0.4
+    other = json.loads((out / "runs" / "sasrec-llminit-seed1" / "config.json").read_text())
+    assert other["configs"]["model"]["hidden"] == 64 and other["configs"]["train"]["lr"] == 0.001
+    assert any("llminit/sasrec: no file" in line for line in lines)
+    configs = json.loads((out / "grid.json").read_text())["configs"]
+    assert configs["id-sasrec"].endswith("id-sasrec.yaml") and configs["llminit-sasrec"] is None
+    # a rerun with the same folder keeps the finished runs; a packaged name resolves
+    reproduce(beauty_subset, out, seeds=[1], models=["id", "llminit"], backbones=["sasrec"],
+              epochs=1, overrides={**FAST, "dropout": "0.4"}, config_dir=cdir, tsne=False,
+              progress=False, log=lines.append)
+    assert any("2 already finished, 0 to train" in line for line in lines)
+    with pytest.raises(LlmesrError, match="packaged"):
+        reproduce(beauty_subset, out, seeds=[1], models=["id"], backbones=["sasrec"],
+                  config_dir=tmp_path / "nowhere", log=lambda *a: None)

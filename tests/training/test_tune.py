@@ -15,7 +15,7 @@ from optuna.trial import FixedTrial
 
 from llmesr.cli import main
 from llmesr.models.config import LOSSES, build_configs
-from llmesr.training.tune import search_space, suggest
+from llmesr.training.tune import base_values, search_space, suggest
 
 TRIALS = 4
 # lr and dropout searched; pruning from the second trial on
@@ -79,6 +79,9 @@ def test_killed_study_continues_to_its_budget(beauty_subset, tmp_path, capsys):
             m = json.loads((run / "metrics.json").read_text())
             assert m["test"] == {} and t.value == m["valid"]["full"]["overall"]["NDCG@10"]
         assert len(t.intermediate_values) >= 1
+    # the first trial is the untuned base: the default preset's values
+    assert study.trials[0].params == {"lr": 1e-3, "weight_decay": 0.0, "dropout": 0.2}
+    assert study.trials[0].user_attrs["base"] is True
     summary = json.loads((out / "trials.json").read_text())
     assert len(summary["trials"]) == len(study.trials)
 
@@ -110,12 +113,26 @@ def test_search_spaces():
     assert "hidden" in search_space("id") and "alpha" not in search_space("id")
     assert "lr" not in search_space("id", {"lr"})     # --set fixes a setting
     base = {"loss": "bce", "alpha": 0.1}
-    chosen = suggest(FixedTrial({"lr": 1e-3, "dropout": 0.2, "max_len": 50, "loss": "bce",
+    chosen = suggest(FixedTrial({"lr": 1e-3, "weight_decay": 0.0, "dropout": 0.2, "max_len": 50, "loss": "bce",
                                  "alpha": 0.0}), space, base)
     assert "sd_teachers" not in chosen and "sampled_negatives" not in chosen
     if "sampled_ce" in LOSSES:
-        chosen = suggest(FixedTrial({"lr": 1e-3, "dropout": 0.2, "max_len": 50,
+        chosen = suggest(FixedTrial({"lr": 1e-3, "weight_decay": 0.0, "dropout": 0.2, "max_len": 50,
                                      "loss": "sampled_ce", "sampled_negatives": 128,
                                      "negative_sampler": "uniform", "alpha": 0.5,
                                      "sd_teachers": 5}), space, base)
         assert chosen["sampled_negatives"] == 128 and chosen["sd_teachers"] == 5
+
+
+def test_base_values_is_the_untuned_configuration():
+    space = search_space("llmesr")
+    base = {"lr": 1e-3, "weight_decay": 0.0, "dropout": 0.2, "max_len": 200, "loss": "ce",
+            "alpha": 0.1, "sd_teachers": 10, "sampled_negatives": 256}
+    point = base_values(space, base)
+    assert point == {"lr": 1e-3, "weight_decay": 0.0, "dropout": 0.2, "max_len": 200,
+                     "loss": "ce", "alpha": 0.1, "sd_teachers": 10}   # no sampled_* for ce
+    assert base_values(space, {**base, "max_len": 64}) is None        # not a choice
+    assert base_values(space, {**base, "dropout": 0.25}) is None      # off the 0.1 grid
+    assert base_values(space, {**base, "lr": 0.5}) is None            # out of range
+    assert base_values(space, {**base, "alpha": 0.0})["alpha"] == 0.0
+    assert "sd_teachers" not in base_values(space, {**base, "alpha": 0.0})

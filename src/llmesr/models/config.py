@@ -121,6 +121,8 @@ class ModelConfig:
 @dataclass
 class TrainConfig:
     lr: float = 1e-3
+    #: Adam's L2 penalty on every trained parameter (0 = none, the paper)
+    weight_decay: float = 0.0
     batch_size: int = 128
     epochs: int = 200
     #: stop after this many epochs without a strictly better validation NDCG@10
@@ -192,6 +194,7 @@ MODEL_FIELDS: dict[str, Setting] = {
 }
 TRAIN_FIELDS: dict[str, Setting] = {
     "lr": Float(0, low_open=True),
+    "weight_decay": Float(0),
     "batch_size": Int(1),
     "epochs": Int(1),
     "patience": Int(1),

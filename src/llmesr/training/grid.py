@@ -43,6 +43,8 @@ class GridRun:
     path: Path
     #: this run's own settings (``--set`` strings) over the grid's
     settings: dict[str, str] = field(default_factory=dict)
+    #: this run's own settings file (``--config-dir``), in place of the grid's ``config``
+    config: Path | None = None
 
     @property
     def name(self) -> str:
@@ -75,7 +77,7 @@ def _status(run: GridRun, preset: str | None, overrides: dict[str, str],
     from llmesr.training.trainer import same_settings
 
     mcfg, tcfg = build_configs(preset, run.backbone, run.model, _run_settings(run, overrides),
-                               config=config)
+                               config=run.config or config)
     if not run.path.exists() or not any(run.path.iterdir()):
         return "new"
     if not (run.path / "config.json").is_file():
@@ -132,7 +134,8 @@ def train_grid(data_dir: Path, grid: list[GridRun], statuses: dict[str, str], *,
         for i, run in enumerate(todo, 1):
             log(f"[{i}/{len(todo)}] {run.name} ({statuses[run.name]})")
             mcfg, tcfg = build_configs(preset, run.backbone, run.model,
-                                       _run_settings(run, overrides), config=config)
+                                       _run_settings(run, overrides),
+                                       config=run.config or config)
             Trainer(data_dir, mcfg, tcfg, run.path, embeddings=embeddings,
                     resume=statuses[run.name] == "resume", overwrite=True, progress=progress,
                     log=log).fit()
@@ -143,7 +146,7 @@ def train_grid(data_dir: Path, grid: list[GridRun], statuses: dict[str, str], *,
 
         def work(run: GridRun) -> None:
             args = _train_args(data_dir, run, preset, _run_settings(run, overrides),
-                               statuses[run.name], embeddings, config)
+                               statuses[run.name], embeddings, run.config or config)
             logfile = run.path.parent / f"{run.name}.log"
             logfile.parent.mkdir(parents=True, exist_ok=True)
             log(f"start {run.name} ({statuses[run.name]}; output in {logfile})")
@@ -164,13 +167,50 @@ def train_grid(data_dir: Path, grid: list[GridRun], statuses: dict[str, str], *,
     log(f"training done in {(time.perf_counter() - t0) / 60:.1f} min")
 
 
+def packaged_config_dirs() -> dict[str, Path]:
+    """The tuned settings shipped with llmesr (``llmesr/configs/<dataset>/``), by name."""
+    root = Path(__file__).resolve().parent.parent / "configs"
+    return {d.name: d for d in sorted(root.iterdir()) if d.is_dir()
+            and any(d.glob("*.yaml"))} if root.is_dir() else {}
+
+
+def resolve_config_dir(name: str | Path) -> Path:
+    """A folder of ``<model>-<backbone>.yaml`` files: a path, else the name of a packaged one
+    (see :func:`packaged_config_dirs`)."""
+    path = Path(name)
+    if path.is_dir():
+        return path
+    if path.exists():
+        raise LlmesrError(f"--config-dir {name}: not a folder")
+    packaged = packaged_config_dirs()
+    if str(name) in packaged:
+        return packaged[str(name)]
+    raise LlmesrError(f"--config-dir {name}: no such folder, and not a packaged configuration "
+                      f"(packaged: {', '.join(packaged) or 'none'})")
+
+
+def config_files(config_dir: Path, grid: list[GridRun]) -> dict[tuple[str, str], Path | None]:
+    """Each (model, backbone) of ``grid``: ``config_dir/<model>-<backbone>.yaml`` when it is
+    there (else None: the preset alone)."""
+    found = {}
+    for run in grid:
+        f = config_dir / f"{run.model}-{run.backbone}.yaml"
+        found[(run.model, run.backbone)] = f if f.is_file() else None
+    return found
+
+
 def reproduce(data_dir: str | Path, out: str | Path, *, seeds: list[int],
               models: list[str] | None = None, backbones: list[str] | None = None,
               preset: str = "default", epochs: int | None = None,
               overrides: dict[str, str] | None = None, embeddings: str | None = None,
               jobs: int = 1, baseline: str | None = "id", tsne: bool = True,
-              tsne_items: int = 3000, progress: bool = True, log=print) -> dict[str, Any]:
-    """Train every (backbone, model, seed) not finished yet, then write OUT/report/."""
+              tsne_items: int = 3000, config_dir: str | Path | None = None,
+              progress: bool = True, log=print) -> dict[str, Any]:
+    """Train every (backbone, model, seed) not finished yet, then write OUT/report/.
+
+    ``config_dir``: a folder (or the name of a packaged one, e.g. ``beauty-s3rec``) of
+    ``<model>-<backbone>.yaml`` settings files; a run whose file is there trains with it over
+    the preset (``--set`` still on top), the others with the preset alone."""
     from llmesr.evaluation.report import write_report
 
     data_dir, out = Path(data_dir), Path(out)
@@ -184,12 +224,22 @@ def reproduce(data_dir: str | Path, out: str | Path, *, seeds: list[int],
     if jobs < 1:
         raise LlmesrError("--jobs must be at least 1")
     grid = plan_grid(out, models, backbones, seeds)
+    files: dict[tuple[str, str], Path | None] = {}
+    if config_dir is not None:
+        files = config_files(resolve_config_dir(config_dir), grid)
+        for run in grid:
+            run.config = files[(run.model, run.backbone)]
+        for (m, b), f in files.items():
+            log(f"{m}/{b}: " + (f"settings from {f}" if f else "no file in the config "
+                                "folder: the preset's settings"))
     statuses = grid_status(grid, preset, overrides)   # checks every setting before anything
     out.mkdir(parents=True, exist_ok=True)
     write_json_atomic(out / "grid.json", {
         "kind": "llmesr-grid", "data_dir": str(data_dir.resolve()), "preset": preset,
         "models": models, "backbones": backbones, "seeds": seeds, "overrides": overrides,
-        "embeddings": embeddings})
+        "embeddings": embeddings,
+        "configs": {f"{m}-{b}": None if f is None else str(f.resolve())
+                    for (m, b), f in files.items()}})
     train_grid(data_dir, grid, statuses, preset=preset, overrides=overrides,
                embeddings=embeddings, jobs=jobs, progress=progress, log=log)
     log("writing the report")

@@ -223,7 +223,7 @@ class Trainer:
         self.llm_dim = None if llm is None else int(llm.shape[1])
         self.pca_dim = None if pca is None else int(pca.shape[1])
         params = [p for p in self.model.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.Adam(params, lr=tcfg.lr)
+        self.optimizer = torch.optim.Adam(params, lr=tcfg.lr, weight_decay=tcfg.weight_decay)
         # a small dataset may have fewer neighbours per user than sd_teachers
         teachers = min(mcfg.sd_teachers, nbrs.shape[1]) if self.use_sd else 0
         self.distill = SelfDistillation(teachers, mcfg.teacher_dropout) if self.use_sd else None

@@ -68,6 +68,19 @@ class Param:
                                      step=int(self.step or 1))
         return trial.suggest_categorical(name, list(self.choices))
 
+    def holds(self, v: Any) -> bool:
+        """Whether ``v`` is a value this parameter can take."""
+        if self.kind == "choice":
+            return any(type(v) is type(c) and v == c for c in self.choices)
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            return False
+        if not self.low <= v <= self.high:
+            return False
+        if self.step:
+            k = (v - self.low) / self.step
+            return abs(k - round(k)) < 1e-9
+        return True
+
     def describe(self) -> str:
         if self.kind == "choice":
             text = "{" + ", ".join(map(str, self.choices)) + "}"
@@ -89,11 +102,11 @@ def Choice(*choices: Any, when: tuple | None = None) -> Param:  # noqa: N802
 
 
 # ---- the declared search spaces ---------------------------------------------------------------
-# Weight decay is not searched: the trainer's Adam has none (no TrainConfig field).
 # The losses and their parameters: only those ModelConfig has are searched (see search_space).
 _SAMPLED = ("sampled_ce", "gbce")
 COMMON: dict[str, Param] = {
     "lr": Float(1e-4, 1e-2, log=True),
+    "weight_decay": Choice(0.0, 1e-6, 1e-5, 1e-4),
     "dropout": Float(0.0, 0.7, step=0.1),
     "hidden": Choice(32, 64, 128),
     "max_len": Choice(20, 50, 100, 200),
@@ -134,6 +147,23 @@ def search_space(model: str, fixed: set[str] = frozenset()) -> dict[str, Param]:
         space[name] = p
     return space
 
+
+
+def base_values(space: dict[str, Param], base: dict[str, Any]) -> dict[str, Any] | None:
+    """The base configuration as a point of ``space`` (the first trial of a new study, so the
+    study's best is never below the untuned settings on validation), or None when a base
+    value lies outside the space."""
+    point: dict[str, Any] = {}
+    for name, p in space.items():
+        if p.when is not None and point.get(p.when[0], base.get(p.when[0])) not in p.when[1]:
+            continue
+        v = base.get(name)
+        if p.kind == "float" and isinstance(v, int) and not isinstance(v, bool):
+            v = float(v)
+        if not p.holds(v):
+            return None
+        point[name] = v
+    return point
 
 
 def suggest(trial, space: dict[str, Param], base: dict[str, Any]) -> dict[str, Any]:
@@ -260,6 +290,11 @@ def tune(data_dir: str | Path, out: str | Path, *, model: str | None = None,
             raise LlmesrError(f"{out} holds a study with other settings ({', '.join(diff)} "
                               "differ); use another --out, or the same settings to continue")
         _recover(study, out, log)
+        if not study.trials:
+            first = base_values(space, base)
+            if first is not None:
+                study.enqueue_trial(first, user_attrs={"base": True})
+                log("trial 1 is the base configuration: " + (_fmt(first) or "nothing searched"))
         sampler_seed = base_t.seed
 
         def counted() -> int:
