@@ -627,6 +627,13 @@ def format_metrics(m: dict[str, Any]) -> str:
         lines.append(f"{protocol:<9}{cells}")
     lines.append("(HR@10 / NDCG@10; counts: " + ", ".join(
         f"{g} {n}" for g, n in next(iter(m["test"].values()))["counts"].items()) + ")")
+    beyond = m.get("beyond", {}).get("full")
+    if beyond:
+        lines.append("top-10 lists (full ranking): coverage / tail-item share / average "
+                     "recommended popularity")
+        lines.append(f"{'full':<9}" + "".join(
+            f"{beyond[g]['coverage@10']:.3f} / {beyond[g]['tail_share@10']:.3f} / "
+            f"{beyond[g]['ARP@10']:.0f} ".rjust(20) for g in groups))
     return "\n".join(lines)
 
 

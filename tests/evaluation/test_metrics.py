@@ -164,3 +164,24 @@ def test_invalid_ranks_and_ks():
         metrics_from_ranks(np.array([float("nan")]))
     with pytest.raises(LlmesrError):
         metrics_from_ranks(np.array([0]), ks=(0,))
+
+
+def test_beyond_accuracy_by_hand():
+    from llmesr.evaluation.metrics import beyond_accuracy
+
+    # 4 items; popularity 10, 1, 2, 50 (index 0 unused); items 2 and 3 are tail items
+    pop = np.array([0, 10, 1, 2, 50])
+    tail = pop < 5
+    tail[0] = False
+    top = np.array([[4, 1], [4, 2], [3, 4]])
+    masks = {"overall": np.array([True, True, True]), "tail_user": np.array([False, True, True]),
+             "none": np.zeros(3, dtype=bool)}
+    out = beyond_accuracy(top, masks, pop, tail, num_items=4)
+    assert out["overall"] == pytest.approx({"coverage@2": 4 / 4, "tail_share@2": 2 / 6,
+                                            "ARP@2": (50 + 10 + 50 + 1 + 2 + 50) / 6,
+                                            "count": 3})
+    assert out["tail_user"] == pytest.approx({"coverage@2": 3 / 4, "tail_share@2": 2 / 4,
+                                              "ARP@2": (50 + 1 + 2 + 50) / 4, "count": 2})
+    assert np.isnan(out["none"]["coverage@2"]) and out["none"]["count"] == 0
+    with pytest.raises(ValueError, match="outside"):
+        beyond_accuracy(np.array([[5, 1]]), {"overall": np.array([True])}, pop, tail, 4)

@@ -338,3 +338,22 @@ def test_group_metrics_rejects_non_bool_masks():
         group_metrics(np.array([0, 1]), np.array([1, 0]), np.array([True, False]))
     with pytest.raises(ValueError):
         group_metrics(np.array([0, 1]), np.array([True]), np.array([True, False]))
+
+
+def test_full_ranking_topk_lists_the_best_items_with_the_target():
+    # 2 users, items 1..5 (column 0 padding, column 6 a mask token)
+    m = torch.tensor([[9.0, 1.0, 5.0, 3.0, 4.0, 2.0, 99.0],
+                      [9.0, 2.0, float("nan"), 7.0, 1.0, 6.0, 99.0]])
+    fn = matrix_score_fn(m)
+    ranks, top = full_ranking_ranks(fn, np.array([0, 1]), np.array([4, 3]), 5,
+                                    progress=False, topk=3)
+    assert ranks.tolist() == [1, 1]           # item 2 beats 4; the NaN ties with 3 (pessimistic)
+    assert top.tolist() == [[2, 4, 3], [3, 5, 1]]   # padding, mask and NaN never listed
+    # seen items leave the list; the target stays on it even when seen
+    _, top = full_ranking_ranks(fn, np.array([0, 1]), np.array([4, 3]), 5, progress=False,
+                                topk=2, exclude=[np.array([2, 4]), np.array([3])])
+    assert top.tolist() == [[4, 3], [3, 5]]
+    assert np.array_equal(full_ranking_ranks(fn, np.array([0, 1]), np.array([4, 3]), 5,
+                                             progress=False), ranks)
+    with pytest.raises(LlmesrError, match="topk"):
+        full_ranking_ranks(fn, np.array([0]), np.array([4]), 5, progress=False, topk=6)

@@ -193,3 +193,31 @@ def test_config_dir_gives_each_model_its_own_settings(beauty_subset, tmp_path):
     with pytest.raises(LlmesrError, match="packaged"):
         reproduce(beauty_subset, out, seeds=[1], models=["id"], backbones=["sasrec"],
                   config_dir=tmp_path / "nowhere", log=lambda *a: None)
+
+
+def test_beyond_accuracy_in_metrics_and_report(grid):
+    run = grid / "runs" / "sasrec-id-seed1"
+    m = json.loads((run / "metrics.json").read_text())
+    beyond = m["beyond"]["full"]
+    data = json.loads((grid / "grid.json").read_text())["data_dir"]
+    from llmesr.data.artifact import load_dataset
+
+    ds = load_dataset(data)
+    assert beyond["overall"]["count"] == m["test"]["full"]["counts"]["overall"]
+    for g in ("overall", "tail_user", "head_user", "tail_item", "head_item"):
+        b = beyond[g]
+        assert b["count"] == m["test"]["full"]["counts"][g]
+        if b["count"] == 0:               # an empty group (a small subset)
+            assert np.isnan(b["coverage@10"])
+            continue
+        assert 10 / ds.num_items <= b["coverage@10"] <= 1
+        assert 0 <= b["tail_share@10"] <= 1
+        pop = ds.item_table["popularity"].to_numpy()
+        assert pop.min() <= b["ARP@10"] <= pop.max()
+    rep = json.loads((grid / "report" / "report.json").read_text())
+    seeds = [json.loads((grid / "runs" / f"sasrec-id-seed{s}" / "metrics.json").read_text())
+             ["beyond"]["full"]["overall"]["coverage@10"] for s in (1, 2)]
+    assert rep["beyond"]["id"]["overall"]["coverage@10"]["mean"] == pytest.approx(
+        np.mean(seeds))
+    md = (grid / "report" / "report.md").read_text()
+    assert "What the top 10 holds" in md and "tail user coverage" in md

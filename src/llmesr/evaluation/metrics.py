@@ -141,3 +141,45 @@ def metrics_from_ranks(ranks: np.ndarray, ks: Iterable[int] = DEFAULT_KS) -> dic
                              for name, v in values.items()}
     out["count"] = n
     return out
+
+
+#: the beyond-accuracy metrics of :func:`beyond_accuracy`, for a top-k list
+BEYOND_METRICS = ("coverage", "tail_share", "ARP")
+
+
+def beyond_accuracy(top: np.ndarray, masks: dict[str, np.ndarray], popularity: np.ndarray,
+                    tail_item: np.ndarray, num_items: int) -> dict[str, dict[str, float]]:
+    """What the top-k lists recommend, per group of cases (not whether they hit the target).
+
+    Args:
+        top: (n, k) item ids in 1..N, each case's top-k list.
+        masks: group name -> (n,) bool mask over the cases (e.g. :func:`group_masks`).
+        popularity: (N + 1,) the training interaction count of each item id (index 0 unused).
+        tail_item: (N + 1,) bool, True for the tail items (index 0 unused).
+        num_items: N.
+
+    Returns:
+        group -> ``coverage@k`` (distinct items in the group's lists / N), ``tail_share@k``
+        (share of the recommended slots that hold a tail item), ``ARP@k`` (average
+        recommended popularity: the mean popularity of the recommended items, per slot) and
+        ``count``. An empty group has NaN values.
+    """
+    top = np.asarray(top)
+    if top.ndim != 2 or len(top) != len(next(iter(masks.values()), top)):
+        raise ValueError(f"top must be (cases, k) for the masks' cases; got {top.shape}")
+    if top.size and (top.min() < 1 or top.max() > num_items):
+        raise ValueError(f"top holds ids outside 1..{num_items}")
+    popularity = np.asarray(popularity, dtype=np.float64)
+    tail_item = np.asarray(tail_item, dtype=bool)
+    k = top.shape[1]
+    out: dict[str, dict[str, float]] = {}
+    for g, mask in masks.items():
+        lists = top[mask]
+        if not len(lists):
+            out[g] = {f"coverage@{k}": float("nan"), f"tail_share@{k}": float("nan"),
+                      f"ARP@{k}": float("nan"), "count": 0}
+            continue
+        out[g] = {f"coverage@{k}": float(len(np.unique(lists)) / num_items),
+                  f"tail_share@{k}": float(tail_item[lists].mean()),
+                  f"ARP@{k}": float(popularity[lists].mean()), "count": int(len(lists))}
+    return out

@@ -126,7 +126,8 @@ def _empty_ranks(ties: str) -> np.ndarray:
 def full_ranking_ranks(score_fn: ScoreFn, users: np.ndarray, targets: np.ndarray,
                        num_items: int, *, batch_size: int = 1024,
                        exclude: Sequence[np.ndarray] | None = None,
-                       ties: str = "pessimistic", progress: bool = True) -> np.ndarray:
+                       ties: str = "pessimistic", progress: bool = True,
+                       topk: int = 0) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
     """Rank of each target among all items 1..N (the primary protocol, DESIGN.md).
 
     Args:
@@ -141,19 +142,25 @@ def full_ranking_ranks(score_fn: ScoreFn, users: np.ndarray, targets: np.ndarray
             mask is applied, so listing it here has no effect.
         ties: tie policy (see metrics.py).
         progress: show a tqdm bar.
+        topk: also return each case's top ``topk`` items (the recommendation list: every
+            item 1..N but the excluded ones, the target included), best first.
 
     Returns:
-        (n,) int64 ranks (float64 for ties="average").
+        (n,) int64 ranks (float64 for ties="average"); with ``topk``, also the (n, topk)
+        int64 item ids.
     """
     check_ties(ties)
     users, targets = _check_cases(users, targets, num_items, batch_size)
+    if topk < 0 or topk > num_items:
+        raise LlmesrError(f"topk must be in 0..{num_items}; got {topk}")
     n = len(users)
     if exclude is not None and len(exclude) != n:
         raise ValueError(f"exclude has {len(exclude)} entries for {n} cases")
     if n == 0:
-        return _empty_ranks(ties)
+        empty = _empty_ranks(ties)
+        return (empty, np.zeros((0, topk), dtype=np.int64)) if topk else empty
 
-    out = []
+    out, tops = [], []
     with tqdm(total=n, desc="full ranking", unit="user", disable=not progress) as bar:
         for start in range(0, n, batch_size):
             stop = min(start + batch_size, n)
@@ -172,7 +179,14 @@ def full_ranking_ranks(score_fn: ScoreFn, users: np.ndarray, targets: np.ndarray
                     valid[torch.from_numpy(ex_rows).to(device),
                           torch.from_numpy(ex_items).to(device)] = False
             out.append(ranks_from_scores(pos, scores, ties, valid).cpu().numpy())
+            if topk:
+                valid[rows, tgt] = True        # the target is on the list like any item
+                keep = valid & ~torch.isnan(scores)      # a NaN score is never recommended
+                top = scores.masked_fill(~keep, float("-inf")).topk(topk, dim=1).indices
+                tops.append(top.cpu().numpy().astype(np.int64))
             bar.update(b)
+    if topk:
+        return np.concatenate(out), np.concatenate(tops)
     return np.concatenate(out)
 
 

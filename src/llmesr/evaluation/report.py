@@ -442,7 +442,32 @@ def build_report(runs: list[RunResult], *, baseline: str | None = "id",
                                                                   "p_wilcoxon_holm"))
             t["mark"] = ("↑" if t["mean_diff"] > 0 else "↓") if sig else ""
         out["protocols"][p] = {"table": table, "tests": tests}
+    out["beyond"] = beyond_table(variants)
     return out
+
+
+BEYOND = ("coverage@10", "tail_share@10", "ARP@10")
+BEYOND_TITLES = {"coverage@10": "coverage", "tail_share@10": "tail share", "ARP@10": "ARP"}
+
+
+def beyond_table(variants: list[Variant]) -> dict[str, Any]:
+    """Mean ± std over seeds of each run's beyond-accuracy metrics (metrics.json ``beyond``,
+    full ranking, top 10) per variant and group; variants with a run without them (made
+    before llmesr computed them: ``llmesr evaluate RUN`` adds them) are left out."""
+    table: dict[str, Any] = {}
+    for v in variants:
+        per_run = [r.metrics.get("beyond", {}).get("full") for r in v.runs]
+        if any(b is None for b in per_run):
+            continue
+        table[v.label] = {g: {m: _stat([b[g][m] for b in per_run]) for m in BEYOND}
+                          for g in GROUPS if all(g in b for b in per_run)}
+    return table
+
+
+def _stat(vals: list[float]) -> dict[str, Any]:
+    a = np.asarray(vals, dtype=np.float64)
+    return {"mean": float(a.mean()), "std": float(a.std(ddof=1)) if len(a) > 1 else None,
+            "seeds": a.tolist()}
 
 
 def _fmt(stat: dict[str, Any]) -> str:
@@ -503,6 +528,30 @@ def report_markdown(rep: dict[str, Any], plots: dict[str, str] | None = None) ->
                 vals = res["table"][v["label"]][kind]["HR@10"]
                 lines.append("| " + " | ".join([v["backbone"]] * multi_bb + [v["label"]] + [
                     "-" if x is None else f"{x:.4f}" for x in vals]) + " |")
+    beyond = rep.get("beyond") or {}
+    if beyond:
+        bgroups = ("overall", "tail_user", "head_user")
+        lines += ["", "## What the top 10 holds (full ranking)", "",
+                  "Coverage: distinct recommended items / catalogue; tail share: share of the "
+                  "recommended slots holding a tail item; ARP: average recommended popularity "
+                  "(training interactions). Per group of test users; mean ± std over seeds.",
+                  ""]
+        head = ["backbone"] * multi_bb + ["model"] + [
+            f"{GROUP_TITLES[g]} {BEYOND_TITLES[m]}" for g in bgroups for m in BEYOND]
+        lines.append("| " + " | ".join(head) + " |")
+        lines.append("|---" * len(head) + "|")
+        for v in variants:
+            if v["label"] not in beyond:
+                continue
+            cell = beyond[v["label"]]
+            row = [v["backbone"]] * multi_bb + [v["label"]]
+            for g in bgroups:
+                for m in BEYOND:
+                    st = cell[g][m]
+                    digits = 1 if m == "ARP@10" else 4
+                    row.append(f"{st['mean']:.{digits}f}" + (
+                        f" ± {st['std']:.{digits}f}" if st["std"] is not None else ""))
+            lines.append("| " + " | ".join(row) + " |")
     lines += ["", "## Runs", "", "| model | seed | epochs (best) | train time | run |",
               "|---|---|---|---|---|"]
     for v in variants:

@@ -30,9 +30,9 @@ from tqdm.auto import tqdm
 from llmesr.data.artifact import SequenceDataset, load_dataset
 from llmesr.data.io import provenance, sha256_file, write_json_atomic
 from llmesr.errors import LlmesrError
-from llmesr.evaluation.metrics import metrics_from_ranks
-from llmesr.evaluation.protocols import (fixed_rng, full_ranking_ranks, group_metrics,
-                                         sampled_ranks)
+from llmesr.evaluation.metrics import beyond_accuracy, metrics_from_ranks
+from llmesr.evaluation.protocols import (fixed_rng, full_ranking_ranks, group_masks,
+                                         group_metrics, sampled_ranks)
 from llmesr.models.chunking import plan_chunks
 from llmesr.models.config import ModelConfig, TrainConfig, configs_from_dict, configs_to_dict
 from llmesr.models.distill import SelfDistillation
@@ -43,6 +43,9 @@ from llmesr.training.batches import BatchBuilder, TrainView, eval_inputs, to_ten
 from llmesr.training.checkpoint import (checkpoint_complete, clear_run, load_training_state,
                                         load_weights, run_progress, save_training_state,
                                         save_weights, trim_train_log)
+
+#: the length of the top-k lists behind the beyond-accuracy metrics of metrics.json
+BEYOND_K = 10
 
 
 def _save_npy(path: Path, array: np.ndarray) -> None:
@@ -276,9 +279,10 @@ class Trainer:
         return torch.autocast("cuda", dtype=torch.bfloat16,
                               enabled=self.device.type == "cuda" and self.tcfg.amp)
 
-    def evaluate(self, split: str, protocol: str, epoch: int = 0) -> tuple[np.ndarray,
-                                                                           np.ndarray]:
-        """Per-case ranks and the evaluated user rows for ``split`` under ``protocol``."""
+    def evaluate(self, split: str, protocol: str, epoch: int = 0, topk: int = 0
+                 ) -> tuple[np.ndarray, ...]:
+        """Per-case ranks and the evaluated user rows for ``split`` under ``protocol``; with
+        ``topk`` (full ranking only), also each case's top-``topk`` item ids."""
         lengths = self.ds.users["length"].to_numpy()
         if split == "valid":
             rows, targets = self.valid_rows, self.valid_targets
@@ -295,7 +299,11 @@ class Trainer:
                         for r in rows] if self.tcfg.exclude_seen else None
                 ranks = full_ranking_ranks(fn, rows, targets, self.ds.num_items,
                                            batch_size=self.tcfg.eval_batch_size, exclude=seen,
-                                           ties=self.tcfg.ties, progress=self.eval_bars)
+                                           ties=self.tcfg.ties, progress=self.eval_bars,
+                                           topk=topk)
+                if topk:
+                    ranks, top = ranks
+                    return ranks, rows, top
             else:
                 # negatives avoid the user's evaluation sequence (history + target), SPEC §6
                 histories = [self.view.items[self.starts[r]:self.starts[r] + hist[r] + 1]
@@ -313,6 +321,14 @@ class Trainer:
         tail_user = self.ds.users["tail_user"].to_numpy()[rows]
         tail_item = self.pop[targets] < self.ds.ts_item
         return group_metrics(ranks, tail_user, tail_item)
+
+    def beyond(self, top: np.ndarray, rows: np.ndarray, targets: np.ndarray
+               ) -> dict[str, Any]:
+        """Coverage, tail share and ARP of the top-k lists, per long-tail group."""
+        tail_user = self.ds.users["tail_user"].to_numpy()[rows]
+        tail_item = self.pop[targets] < self.ds.ts_item
+        return beyond_accuracy(top, group_masks(tail_user, tail_item), self.pop,
+                               self.pop < self.ds.ts_item, self.ds.num_items)
 
     # ---- training --------------------------------------------------------------------------
     def _chunks(self, seq: torch.Tensor) -> list[tuple[torch.Tensor, int]]:
@@ -475,7 +491,13 @@ class Trainer:
             load_weights(self.model, self.run_dir / "model.safetensors")
         metrics: dict[str, Any] = {"test": {}, "valid": {}}
         for protocol in protocols or self.tcfg.test_protocols:
-            ranks, rows = self.evaluate("test", protocol, epoch=state["best_epoch"])
+            if protocol == "full":
+                ranks, rows, top = self.evaluate("test", protocol, epoch=state["best_epoch"],
+                                                 topk=BEYOND_K)
+                # what the top-10 lists recommend (coverage, tail share, ARP), per group
+                metrics["beyond"] = {"full": self.beyond(top, rows, self.test_targets)}
+            else:
+                ranks, rows = self.evaluate("test", protocol, epoch=state["best_epoch"])
             metrics["test"][protocol] = self.grouped(ranks, rows, self.test_targets)
             _save_npy(self.run_dir / f"ranks_test_{protocol}.npy", ranks)
         vranks, vrows = self.evaluate("valid", self.tcfg.valid_protocol, state["best_epoch"])
@@ -603,5 +625,7 @@ def evaluate_run(run_dir: str | Path, protocols: tuple[str, ...] | None = None, 
     kept = {p: r for p, r in old.get("test", {}).items() if p not in metrics["test"]}
     if kept:
         metrics["test"] = {**kept, **metrics["test"]}
+        if "beyond" in old and "beyond" not in metrics:
+            metrics["beyond"] = old["beyond"]
         write_json_atomic(run_dir / "metrics.json", metrics)
     return metrics
