@@ -185,3 +185,18 @@ def test_a_runs_saved_config_is_a_valid_config(tmp_path):
     # the Python form takes a mapping
     m, t = build_configs(None, None, None, config=configs_to_dict(m0, t0))
     assert configs_to_dict(m, t) == configs_to_dict(m0, t0)
+
+
+def test_packaged_configs_are_valid_and_named_for_their_model():
+    from llmesr.training.grid import packaged_config_dirs, resolve_config_dir
+
+    dirs = packaged_config_dirs()
+    assert "beauty-s3rec" in dirs
+    for name, d in dirs.items():
+        assert resolve_config_dir(name) == d
+        for f in d.glob("*.yaml"):
+            model, backbone = f.stem.split("-")
+            mcfg, tcfg = build_configs(None, None, None, config=f)
+            assert (mcfg.model, mcfg.backbone) == (model, backbone), f
+            text = f.read_text()
+            assert "llmesr tune" in text and "--out" in text, f"{f} names no study"
