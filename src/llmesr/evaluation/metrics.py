@@ -148,7 +148,8 @@ BEYOND_METRICS = ("coverage", "tail_share", "ARP")
 
 
 def beyond_accuracy(top: np.ndarray, masks: dict[str, np.ndarray], popularity: np.ndarray,
-                    tail_item: np.ndarray, num_items: int) -> dict[str, dict[str, float]]:
+                    tail_item: np.ndarray, num_items: int, k: int | None = None
+                    ) -> dict[str, dict[str, float]]:
     """What the top-k lists recommend, per group of cases (not whether they hit the target).
 
     Args:
@@ -157,6 +158,8 @@ def beyond_accuracy(top: np.ndarray, masks: dict[str, np.ndarray], popularity: n
         popularity: (N + 1,) the training interaction count of each item id (index 0 unused).
         tail_item: (N + 1,) bool, True for the tail items (index 0 unused).
         num_items: N.
+        k: the list length in the names (default ``top.shape[1]``; a catalogue smaller than
+            k gives shorter lists).
 
     Returns:
         group -> ``coverage@k`` (distinct items in the group's lists / N), ``tail_share@k``
@@ -171,7 +174,7 @@ def beyond_accuracy(top: np.ndarray, masks: dict[str, np.ndarray], popularity: n
         raise ValueError(f"top holds ids outside 1..{num_items}")
     popularity = np.asarray(popularity, dtype=np.float64)
     tail_item = np.asarray(tail_item, dtype=bool)
-    k = top.shape[1]
+    k = top.shape[1] if k is None else k
     out: dict[str, dict[str, float]] = {}
     for g, mask in masks.items():
         lists = top[mask]

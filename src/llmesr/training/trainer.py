@@ -328,7 +328,7 @@ class Trainer:
         tail_user = self.ds.users["tail_user"].to_numpy()[rows]
         tail_item = self.pop[targets] < self.ds.ts_item
         return beyond_accuracy(top, group_masks(tail_user, tail_item), self.pop,
-                               self.pop < self.ds.ts_item, self.ds.num_items)
+                               self.pop < self.ds.ts_item, self.ds.num_items, k=BEYOND_K)
 
     # ---- training --------------------------------------------------------------------------
     def _chunks(self, seq: torch.Tensor) -> list[tuple[torch.Tensor, int]]:
@@ -492,8 +492,9 @@ class Trainer:
         metrics: dict[str, Any] = {"test": {}, "valid": {}}
         for protocol in protocols or self.tcfg.test_protocols:
             if protocol == "full":
+                # a catalogue under 10 items: the lists hold all of it
                 ranks, rows, top = self.evaluate("test", protocol, epoch=state["best_epoch"],
-                                                 topk=BEYOND_K)
+                                                 topk=min(BEYOND_K, self.ds.num_items))
                 # what the top-10 lists recommend (coverage, tail share, ARP), per group
                 metrics["beyond"] = {"full": self.beyond(top, rows, self.test_targets)}
             else:
