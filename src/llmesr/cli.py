@@ -776,8 +776,8 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     from llmesr.training.grid import reproduce
 
     baseline = None if args.baseline.lower() == "none" else args.baseline
-    reproduce(args.dir, args.out, config_dir=args.config_dir, seeds=args.seeds, models=args.models,
-              backbones=args.backbones, preset=args.preset, epochs=args.epochs,
+    reproduce(args.dir, args.out, seeds=args.seeds, models=args.models,
+              config_dir=args.config_dir, backbones=args.backbones, preset=args.preset, epochs=args.epochs,
               overrides=dict(args.set), embeddings=args.embeddings, jobs=args.jobs,
               baseline=baseline, tsne=not args.no_tsne, progress=not args.quiet,
               log=(lambda *a, **k: None) if args.quiet else print)

@@ -143,10 +143,6 @@ def metrics_from_ranks(ranks: np.ndarray, ks: Iterable[int] = DEFAULT_KS) -> dic
     return out
 
 
-#: the beyond-accuracy metrics of :func:`beyond_accuracy`, for a top-k list
-BEYOND_METRICS = ("coverage", "tail_share", "ARP")
-
-
 def beyond_accuracy(top: np.ndarray, masks: dict[str, np.ndarray], popularity: np.ndarray,
                     tail_item: np.ndarray, num_items: int, k: int | None = None
                     ) -> dict[str, dict[str, float]]:

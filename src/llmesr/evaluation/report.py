@@ -411,9 +411,7 @@ def build_report(runs: list[RunResult], *, baseline: str | None = "id",
                 for m in metrics:
                     vals = per_seed[m][:, mask].mean(axis=1) if mask.any() else \
                         np.full(len(v.runs), np.nan)
-                    cell[g][m] = {"mean": float(vals.mean()),
-                                  "std": float(vals.std(ddof=1)) if len(vals) > 1 else None,
-                                  "seeds": vals.tolist()}
+                    cell[g][m] = _stat(vals)
             for name, bucket in (("user_buckets", info.user_bucket),
                                  ("item_buckets", info.item_bucket)):
                 cell[name] = {m: [float(per_seed[m][:, bucket == b].mean())
@@ -464,7 +462,8 @@ def beyond_table(variants: list[Variant]) -> dict[str, Any]:
     return table
 
 
-def _stat(vals: list[float]) -> dict[str, Any]:
+def _stat(vals) -> dict[str, Any]:
+    """Mean, sample std (None for one seed) and the per-seed values."""
     a = np.asarray(vals, dtype=np.float64)
     return {"mean": float(a.mean()), "std": float(a.std(ddof=1)) if len(a) > 1 else None,
             "seeds": a.tolist()}

@@ -316,18 +316,19 @@ class Trainer:
                                       ties=self.tcfg.ties, progress=self.eval_bars)
         return ranks, rows
 
+    def _tails(self, rows: np.ndarray, targets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Whether each case's user is a tail user and its target a tail item."""
+        return (self.ds.users["tail_user"].to_numpy()[rows],
+                self.pop[targets] < self.ds.ts_item)
+
     def grouped(self, ranks: np.ndarray, rows: np.ndarray, targets: np.ndarray
                 ) -> dict[str, Any]:
-        tail_user = self.ds.users["tail_user"].to_numpy()[rows]
-        tail_item = self.pop[targets] < self.ds.ts_item
-        return group_metrics(ranks, tail_user, tail_item)
+        return group_metrics(ranks, *self._tails(rows, targets))
 
     def beyond(self, top: np.ndarray, rows: np.ndarray, targets: np.ndarray
                ) -> dict[str, Any]:
         """Coverage, tail share and ARP of the top-k lists, per long-tail group."""
-        tail_user = self.ds.users["tail_user"].to_numpy()[rows]
-        tail_item = self.pop[targets] < self.ds.ts_item
-        return beyond_accuracy(top, group_masks(tail_user, tail_item), self.pop,
+        return beyond_accuracy(top, group_masks(*self._tails(rows, targets)), self.pop,
                                self.pop < self.ds.ts_item, self.ds.num_items, k=BEYOND_K)
 
     # ---- training --------------------------------------------------------------------------
