@@ -193,6 +193,13 @@ def test_config_dir_gives_each_model_its_own_settings(beauty_subset, tmp_path):
     with pytest.raises(LlmesrError, match="packaged"):
         reproduce(beauty_subset, out, seeds=[1], models=["id"], backbones=["sasrec"],
                   config_dir=tmp_path / "nowhere", log=lambda *a: None)
+    with pytest.raises(LlmesrError, match="not a folder"):
+        reproduce(beauty_subset, out, seeds=[1], models=["id"], backbones=["sasrec"],
+                  config_dir=cdir / "id-sasrec.yaml", log=lambda *a: None)
+    # on the command line: one line, exit 2
+    rc = main(["reproduce", str(beauty_subset), "--config-dir", str(tmp_path / "nowhere"),
+               "--out", str(tmp_path / "g2")])
+    assert rc == 2
 
 
 def test_beyond_accuracy_in_metrics_and_report(grid):
