@@ -170,6 +170,8 @@ class Setting:
     optional: bool = False
     #: what the setting takes, in words (instead of the one derived from the fields above)
     label: str | None = None
+    #: the string "auto" is allowed too (resolved where the setting is used)
+    auto: bool = False
 
     def describe(self) -> str:
         """What the setting takes, for error messages."""
@@ -179,8 +181,8 @@ class Setting:
             return f"a comma-separated list of {', '.join(map(str, self.choices or ()))}"
         if self.choices is not None:
             return "one of " + ", ".join(map(str, self.choices))
-        text = {bool: "true or false", int: "an integer", float: "a number",
-                str: "text"}[self.kind]
+        text = {bool: "true, false" if self.auto else "true or false", int: "an integer",
+                float: "a number", str: "text"}[self.kind]
         if self.low is not None and self.high is not None:
             text += (f" in {'(' if self.low_open else '['}{_num(self.low)}, "
                      f"{_num(self.high)}{')' if self.high_open else ']'}")
@@ -190,13 +192,15 @@ class Setting:
             text += f" {'<' if self.high_open else '<='} {_num(self.high)}"
         if self.pattern is not None:
             text += f" matching {self.pattern}"
-        return text + (" (or none)" if self.optional else "")
+        return text + (" or auto" if self.auto else "") + (" (or none)" if self.optional else "")
 
     def parse(self, key: str, text: str) -> Any:
         """A command-line (or YAML string) value as this setting's type, checked."""
         t = text.strip()
         if self.optional and t.lower() in ("none", "null", ""):
             return None
+        if self.auto and t.lower() == "auto":
+            return "auto"
         if self.kind is bool:
             if t.lower() in ("1", "true", "yes", "on"):
                 return True
@@ -228,6 +232,8 @@ class Setting:
             if self.optional:
                 return None
             raise bad()
+        if self.auto and isinstance(value, str) and value.lower() == "auto":
+            return "auto"
         if self.kind is bool:
             if not isinstance(value, bool):
                 raise bad()
@@ -283,8 +289,9 @@ def Float(low: float | None = None, high: float | None = None, **kw: Any  # noqa
     return Setting(float, low, high, **kw)
 
 
-def Bool() -> Setting:  # noqa: N802
-    return Setting(bool)
+def Bool(auto: bool = False) -> Setting:  # noqa: N802
+    """true or false (with ``auto``: or the string "auto")."""
+    return Setting(bool, auto=auto)
 
 
 def Str(pattern: str | None = None, **kw: Any) -> Setting:  # noqa: N802

@@ -53,6 +53,18 @@ def test_artifact_contents(tmp_path, table_files):
     assert m["sources"][0]["sha256"] and len(m["files"]) >= 5
     assert m["prepare"]["kcore_user"] == 0 and m["longtail"]["ts_user"] == 3
     assert ds.timestamps.tolist()[:4] == [0, 1, 2, 3]
+    assert ds.has_repeats is False
+
+
+def test_has_repeats(tmp_path):
+    # u2 has b twice; b once in each of u1 and u3 is no repeat
+    rows = ["user_id,item_id,ts"] + [f"{u},{it},{k}" for u, items in
+                                     {"u1": "ab", "u2": "bcb", "u3": "b"}.items()
+                                     for k, it in enumerate(items)]
+    inter = write(tmp_path / "inter.csv", "\n".join(rows) + "\n")
+    items = write(tmp_path / "items.csv", "item_id,title\na,A\nb,B\nc,C\n")
+    _prep((inter, items), tmp_path / "ds")
+    assert load_dataset(tmp_path / "ds").has_repeats is True
 
 
 def test_no_eval_policy_zeroes_targets(tmp_path, table_files):

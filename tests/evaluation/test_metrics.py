@@ -185,3 +185,8 @@ def test_beyond_accuracy_by_hand():
     assert np.isnan(out["none"]["coverage@2"]) and out["none"]["count"] == 0
     with pytest.raises(ValueError, match="outside"):
         beyond_accuracy(np.array([[5, 1]]), {"overall": np.array([True])}, pop, tail, 4)
+    # 0 is an empty slot (fewer admissible items than k): left out of every share
+    short = beyond_accuracy(np.array([[4, 0], [2, 3]]), {"overall": np.ones(2, bool)}, pop,
+                            tail, num_items=4)["overall"]
+    assert short == pytest.approx({"coverage@2": 3 / 4, "tail_share@2": 2 / 3,
+                                   "ARP@2": (50 + 1 + 2) / 3, "count": 2})

@@ -353,6 +353,10 @@ def test_full_ranking_topk_lists_the_best_items_with_the_target():
     _, top = full_ranking_ranks(fn, np.array([0, 1]), np.array([4, 3]), 5, progress=False,
                                 topk=2, exclude=[np.array([2, 4]), np.array([3])])
     assert top.tolist() == [[4, 3], [3, 5]]
+    # fewer admissible items than topk: the slots past them hold 0, never an excluded item
+    _, top = full_ranking_ranks(fn, np.array([0, 1]), np.array([4, 3]), 5, progress=False,
+                                topk=4, exclude=[np.array([1, 2, 5]), np.array([1, 4, 5])])
+    assert top.tolist() == [[4, 3, 0, 0], [3, 0, 0, 0]]     # (user 2's item 2 is NaN)
     assert np.array_equal(full_ranking_ranks(fn, np.array([0, 1]), np.array([4, 3]), 5,
                                              progress=False), ranks)
     with pytest.raises(LlmesrError, match="topk"):

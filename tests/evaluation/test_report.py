@@ -126,6 +126,31 @@ def test_report_without_the_baseline_skips_significance(tmp_path, capsys):
     assert "not asked for" in (out / "report.md").read_text()
 
 
+def test_report_names_the_full_ranking_and_refuses_mixed_ones(tmp_path, capsys):
+    import json
+
+    from llmesr.cli import main
+
+    ds = _dataset(tmp_path)
+    runs = [_fake_run(ds, tmp_path / "runs" / f"{m}-1", m, 1) for m in ("id", "llmesr")]
+    out = tmp_path / "rep"
+    assert main(["report", str(tmp_path / "runs"), "--out", str(out), "--no-tsne"]) == 0
+    assert "## Full ranking (all items)" in (out / "report.md").read_text()
+    for run in runs:       # both ranked without the history's items: said so in the heading
+        m = json.loads((run / "metrics.json").read_text())
+        m["evaluation"] = {"exclude_seen": True}
+        (run / "metrics.json").write_text(json.dumps(m))
+    assert main(["report", str(tmp_path / "runs"), "--out", str(out), "--no-tsne"]) == 0
+    assert "## Full ranking (all items but the user's history)" in (out / "report.md").read_text()
+    assert json.loads((out / "report.json").read_text())["full_excludes_seen"] is True
+    (runs[0] / "metrics.json").write_text(json.dumps(
+        {**json.loads((runs[0] / "metrics.json").read_text()), "evaluation": {}}))
+    capsys.readouterr()
+    assert main(["report", str(tmp_path / "runs"), "--out", str(out), "--no-tsne"]) == 2
+    err = capsys.readouterr().err
+    assert "without the history's items" in err and "--exclude-seen" in err
+
+
 def test_report_damaged_run_files_are_one_line_errors(tmp_path, capsys):
     from llmesr.cli import main
 

@@ -50,6 +50,7 @@ BAD = [
     ("eval_batch_size=-5", "setting 'eval_batch_size' must be an integer >= 1"),
     ("adapter_layers=3", "setting 'adapter_layers' must be one of 1, 2"),
     ("causal=maybe", "setting 'causal' must be true or false"),
+    ("exclude_seen=maybe", "setting 'exclude_seen' must be true, false or auto"),
     ("loss=mse", "setting 'loss' must be one of bce, ce"),
     ("backbone=lstm", "setting 'backbone' must be one of sasrec, bert4rec, gru4rec"),
     ("device=gpu", "setting 'device' must be auto, cpu, cuda, cuda:N or mps"),

@@ -113,11 +113,14 @@ def test_evaluate_recomputes_the_same_metrics(grid, tmp_path, capsys):
     assert same(after["test"]["full"], before["test"]["full"])     # (an empty group is NaN)
     assert same(after["test"]["sampled"], before["test"]["sampled"])  # kept, not recomputed
     assert np.array_equal(np.load(run / "ranks_test_full.npy"), ranks)
-    # excluding seen items can only lower ranks
-    ex = evaluate_run(run, ("full",), exclude_seen=True, log=lambda *a: None)
-    assert ex["evaluation"]["exclude_seen"] is True
-    assert np.all(np.load(run / "ranks_test_full.npy") <= ranks)
-    assert main(["evaluate", str(run), "--protocol", "both", "--no-exclude-seen"]) == 0
+    # the run ranked without the history (exclude_seen=auto, no repeats in beauty); keeping
+    # the seen items among the candidates can only raise ranks
+    assert before["evaluation"]["exclude_seen"] is True
+    ex = evaluate_run(run, ("full",), exclude_seen=False, log=lambda *a: None)
+    assert ex["evaluation"]["exclude_seen"] is False
+    assert np.all(np.load(run / "ranks_test_full.npy") >= ranks)
+    assert not np.array_equal(np.load(run / "ranks_test_full.npy"), ranks)
+    assert main(["evaluate", str(run), "--protocol", "both", "--exclude-seen"]) == 0
     assert same(json.loads((run / "metrics.json").read_text())["test"], before["test"])
     assert "best epoch" in capsys.readouterr().out
     assert main(["evaluate", str(tmp_path)]) == 2

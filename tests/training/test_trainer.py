@@ -153,3 +153,15 @@ def test_run_directory_follows_the_umask(beauty_subset, tmp_path):
     for p in paths:
         want = 0o755 if p.is_dir() else 0o644
         assert stat.S_IMODE(p.stat().st_mode) == want, f"{p}: {oct(p.stat().st_mode)}"
+
+
+def test_exclude_seen_auto_follows_the_data(beauty_subset, tmp_path, monkeypatch):
+    from llmesr.data.artifact import SequenceDataset
+
+    assert _train(beauty_subset, tmp_path / "a", "id").exclude_seen is True   # no repeats
+    assert _train(beauty_subset, tmp_path / "b", "id", "sasrec", "paper").exclude_seen is False
+    assert _train(beauty_subset, tmp_path / "c", "id", exclude_seen="false").exclude_seen \
+        is False
+    monkeypatch.setattr(SequenceDataset, "has_repeats", property(lambda self: True))
+    assert _train(beauty_subset, tmp_path / "d", "id").exclude_seen is False
+    assert _train(beauty_subset, tmp_path / "e", "id", exclude_seen="true").exclude_seen is True

@@ -182,6 +182,15 @@ class SequenceDataset:
     def lengths(self) -> np.ndarray:
         return np.diff(self.offsets)
 
+    @cached_property
+    def has_repeats(self) -> bool:
+        """Whether some user has the same item more than once (a repeat interaction)."""
+        if len(self.items) < 2:
+            return False
+        user = np.repeat(np.arange(self.num_users, dtype=np.int64), self.lengths)
+        pairs = user * (int(self.items.max()) + 1) + self.items.astype(np.int64)
+        return bool(len(np.unique(pairs)) < len(pairs))
+
     def sequence(self, user_id: int) -> np.ndarray:
         """Full history of user ``user_id`` (1-based)."""
         return self.items[self.offsets[user_id - 1]:self.offsets[user_id]]

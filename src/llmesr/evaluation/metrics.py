@@ -149,7 +149,8 @@ def beyond_accuracy(top: np.ndarray, masks: dict[str, np.ndarray], popularity: n
     """What the top-k lists recommend, per group of cases (not whether they hit the target).
 
     Args:
-        top: (n, k) item ids in 1..N, each case's top-k list.
+        top: (n, k) item ids in 1..N, each case's top-k list; 0 marks an empty slot (fewer
+            admissible items than k), left out of the shares and averages.
         masks: group name -> (n,) bool mask over the cases (e.g. :func:`group_masks`).
         popularity: (N + 1,) the training interaction count of each item id (index 0 unused).
         tail_item: (N + 1,) bool, True for the tail items (index 0 unused).
@@ -166,8 +167,8 @@ def beyond_accuracy(top: np.ndarray, masks: dict[str, np.ndarray], popularity: n
     top = np.asarray(top)
     if top.ndim != 2 or len(top) != len(next(iter(masks.values()), top)):
         raise ValueError(f"top must be (cases, k) for the masks' cases; got {top.shape}")
-    if top.size and (top.min() < 1 or top.max() > num_items):
-        raise ValueError(f"top holds ids outside 1..{num_items}")
+    if top.size and (top.min() < 0 or top.max() > num_items):
+        raise ValueError(f"top holds ids outside 1..{num_items} (0: an empty slot)")
     popularity = np.asarray(popularity, dtype=np.float64)
     tail_item = np.asarray(tail_item, dtype=bool)
     k = top.shape[1] if k is None else k
@@ -178,7 +179,10 @@ def beyond_accuracy(top: np.ndarray, masks: dict[str, np.ndarray], popularity: n
             out[g] = {f"coverage@{k}": float("nan"), f"tail_share@{k}": float("nan"),
                       f"ARP@{k}": float("nan"), "count": 0}
             continue
-        out[g] = {f"coverage@{k}": float(len(np.unique(lists)) / num_items),
-                  f"tail_share@{k}": float(tail_item[lists].mean()),
-                  f"ARP@{k}": float(popularity[lists].mean()), "count": int(len(lists))}
+        filled = lists[lists > 0]            # the slots that hold an item
+        out[g] = {f"coverage@{k}": float(len(np.unique(filled)) / num_items),
+                  f"tail_share@{k}": float(tail_item[filled].mean()) if len(filled)
+                  else float("nan"),
+                  f"ARP@{k}": float(popularity[filled].mean()) if len(filled)
+                  else float("nan"), "count": int(len(lists))}
     return out

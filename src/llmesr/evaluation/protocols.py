@@ -143,7 +143,8 @@ def full_ranking_ranks(score_fn: ScoreFn, users: np.ndarray, targets: np.ndarray
         ties: tie policy (see metrics.py).
         progress: show a tqdm bar.
         topk: also return each case's top ``topk`` items (the recommendation list: every
-            item 1..N but the excluded ones, the target included), best first.
+            item 1..N but the excluded ones, the target included), best first; when fewer
+            than ``topk`` items are admissible, the remaining slots hold 0.
 
     Returns:
         (n,) int64 ranks (float64 for ties="average"); with ``topk``, also the (n, topk)
@@ -183,6 +184,9 @@ def full_ranking_ranks(score_fn: ScoreFn, users: np.ndarray, targets: np.ndarray
                 valid[rows, tgt] = True        # the target is on the list like any item
                 keep = valid & ~torch.isnan(scores)      # a NaN score is never recommended
                 top = scores.masked_fill(~keep, float("-inf")).topk(topk, dim=1).indices
+                # a case with fewer admissible items than topk (a small catalogue, most of
+                # it in the history): the slots past them hold 0, not an excluded item
+                top = top.masked_fill(~keep.gather(1, top), 0)
                 tops.append(top.cpu().numpy().astype(np.int64))
             bar.update(b)
     if topk:

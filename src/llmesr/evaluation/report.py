@@ -117,8 +117,10 @@ MAIN_METRICS = ("HR@10", "NDCG@10")
 USER_BUCKETS = ((0, 5), (5, 10), (10, 15), (15, 20), (20, None))       # history length, SPEC §2
 ITEM_BUCKETS = ((0, 10), (10, 30), (30, 60), (60, 100), (100, None))   # target popularity
 # settings that do not make two runs different models
+# exclude_seen is how a run is evaluated, not what it is: the report reads the evaluation a
+# run's metrics.json records (see build_report) and refuses to mix them
 _NOT_VARIANT = {("train", "seed"), ("train", "device"), ("train", "eval_batch_size"),
-                ("train", "amp")}
+                ("train", "amp"), ("train", "exclude_seen")}
 ALPHA = 0.05
 
 
@@ -268,7 +270,8 @@ def group_variants(runs: list[RunResult]) -> list[Variant]:
     def preset_of(settings: dict[tuple[str, str], Any]) -> str:
         for name in sorted(PRESETS, key=lambda n: -sum(map(len, PRESETS[n].values()))):
             if all(settings.get((part, k)) == (list(v) if isinstance(v, tuple) else v)
-                   for part in ("model", "train") for k, v in PRESETS[name][part].items()):
+                   for part in ("model", "train") for k, v in PRESETS[name][part].items()
+                   if (part, k) not in _NOT_VARIANT):
                 return name
         return "custom"
 
@@ -327,6 +330,21 @@ def case_info(run: RunResult, data_dir: str | Path | None = None) -> CaseInfo:
     return info
 
 
+def full_ranking_excludes_seen(runs: list[RunResult]) -> bool:
+    """Whether the runs' full-ranking test left the history's items out (metrics.json
+    ``evaluation.exclude_seen``; runs made before it was recorded: no). Runs evaluated both
+    ways cannot share a table: an error names one of each."""
+    flags = {r.path: bool((r.metrics.get("evaluation") or {}).get("exclude_seen", False))
+             for r in runs}
+    if len(set(flags.values())) > 1:
+        on = next(p for p, f in flags.items() if f)
+        off = next(p for p, f in flags.items() if not f)
+        raise LlmesrError(f"{on} was ranked without the history's items and {off} with them; "
+                          "evaluate them the same way first (llmesr evaluate RUN "
+                          "--exclude-seen or --no-exclude-seen)")
+    return next(iter(flags.values()))
+
+
 def build_report(runs: list[RunResult], *, baseline: str | None = "id",
                  data_dir: str | Path | None = None,
                  metrics: tuple[str, ...] = MAIN_METRICS,
@@ -353,6 +371,7 @@ def build_report(runs: list[RunResult], *, baseline: str | None = "id",
                  if all(p in r.ranks for v in variants for r in v.runs)]
     if not protocols:
         raise LlmesrError("the runs share no test protocol")
+    excluded = full_ranking_excludes_seen(runs) if "full" in protocols else None
     base = {}
     if baseline:
         for v in variants:
@@ -385,6 +404,7 @@ def build_report(runs: list[RunResult], *, baseline: str | None = "id",
         "dataset": variants[0].runs[0].config["dataset"].get("name"),
         "baseline": baseline if base else None, "significance": significance,
         "alpha": ALPHA, "metrics": list(metrics),
+        "full_excludes_seen": excluded,
         "counts": {g: int(m.sum()) for g, m in masks.items()},
         "user_buckets": _bucket_names(USER_BUCKETS), "item_buckets": _bucket_names(ITEM_BUCKETS),
         "user_bucket_counts": np.bincount(info.user_bucket, minlength=5).tolist(),
@@ -495,7 +515,8 @@ def report_markdown(rep: dict[str, Any], plots: dict[str, str] | None = None) ->
                      f"{rep['alpha']}.")
     if rep.get("significance") and not (tested and "not tested" not in rep["significance"]):
         lines.append(f"Significance tests: {rep['significance']}.")
-    names = {"full": "Full ranking (all items)",
+    names = {"full": "Full ranking (all items but the user's history)"
+             if rep.get("full_excludes_seen") else "Full ranking (all items)",
              "sampled": "Sampled ranking (target + 100 sampled negatives, the paper's protocol)"}
     short = {"HR@10": "H@10", "NDCG@10": "N@10"}
     for p, res in rep["protocols"].items():

@@ -137,9 +137,11 @@ class TrainConfig:
     #: optimistic
     ties: str = "pessimistic"
     #: full ranking leaves out the items of the user's input history (the target stays a
-    #: candidate even when it was seen before). Off by default and in the paper: a repeat
-    #: purchase is a legitimate recommendation.
-    exclude_seen: bool = False
+    #: candidate even when it was seen before). auto (the default preset): on when no user
+    #: has an item twice in the dataset -- then a seen item is never a target, the history is
+    #: what serving leaves out too, and the ranking is RecBole's full-sort one -- and off when
+    #: repeats occur (a repeat purchase is a legitimate recommendation). The paper preset: off.
+    exclude_seen: bool | str = "auto"
     eval_batch_size: int = 1024
     #: auto | cpu | cuda
     device: str = "auto"
@@ -202,7 +204,7 @@ TRAIN_FIELDS: dict[str, Setting] = {
     "valid_protocol": Choice("full", "sampled"),
     "resample_negatives": Bool(),
     "ties": Choice("pessimistic", "optimistic"),
-    "exclude_seen": Bool(),
+    "exclude_seen": Bool(auto=True),
     "eval_batch_size": Int(1),
     "device": Str(r"auto|cpu|mps|cuda(:[0-9]+)?", label="auto, cpu, cuda, cuda:N or mps"),
     "amp": Bool(),
@@ -215,7 +217,7 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
         "model": {"causal": False, "mask_padded_keys": False, "gru_mask_padding": False,
                   "causal_cross_attention": False, "teacher_dropout": True},
         "train": {"valid_protocol": "sampled", "resample_negatives": True,
-                  "ties": "optimistic"},
+                  "ties": "optimistic", "exclude_seen": False},
     },
     # The objective and dropout that won on validation (beauty-s3rec, plain SASRec, full
     # ranking; docs/results.md "Objectives under full ranking"): full softmax over the

@@ -374,10 +374,12 @@ class Recommender:
         return self._index.get(_raw(raw_id), -1)
 
     def ranks(self, histories: Sequence[Sequence[Any]], targets: Sequence[Any],
-              batch_size: int = 512) -> np.ndarray:
+              batch_size: int = 512, exclude_seen: bool = False) -> np.ndarray:
         """0-based rank of each target among all items (trained and added) for its history,
         ties counted against the target (the evaluation protocol's pessimistic rule); -1 when
-        the target is unknown. Histories with no known item are ranked by popularity."""
+        the target is unknown. Histories with no known item are ranked by popularity.
+        ``exclude_seen``: the history's items (other than the target) are not counted, as in
+        the full ranking with ``exclude_seen``."""
         if len(histories) != len(targets):
             raise LlmesrError("give one target per history")
         out = np.full(len(targets), -1, dtype=np.int64)
@@ -387,7 +389,11 @@ class Recommender:
             for i, t in enumerate(targets[lo:hi]):
                 j = self.model_id(t)
                 if j >= 0:
-                    out[lo + i] = int((s[i] >= s[i, j]).sum()) - 1
+                    ahead = s[i] >= s[i, j]
+                    if exclude_seen:
+                        seen = [k for k in self._map(histories[lo + i])[0] if k != j]
+                        ahead[seen] = False
+                    out[lo + i] = int(ahead.sum()) - 1
         return out
 
     def _map(self, history: Iterable[Any]) -> tuple[list[int], list[str]]:

@@ -205,6 +205,9 @@ class Trainer:
             overwrite or progress_ in ("empty", "started"))
         self._discard_on_failure = progress_ in ("empty", "started")
         self.ds: SequenceDataset = load_dataset(self.data_dir)
+        #: exclude_seen resolved: "auto" is on for a dataset without repeat interactions
+        self.exclude_seen = (not self.ds.has_repeats) if tcfg.exclude_seen == "auto" \
+            else bool(tcfg.exclude_seen)
         needs_llm = mcfg.model == "llmesr" and mcfg.use_se_view
         needs_pca = mcfg.model == "llminit" or (mcfg.model == "llmesr" and mcfg.use_co_view
                                                 and mcfg.co_init == "pca")
@@ -296,7 +299,7 @@ class Trainer:
             if protocol == "full":
                 # the input history's items, when they are not candidates (exclude_seen)
                 seen = [self.view.items[self.starts[r]:self.starts[r] + hist[r]]
-                        for r in rows] if self.tcfg.exclude_seen else None
+                        for r in rows] if self.exclude_seen else None
                 ranks = full_ranking_ranks(fn, rows, targets, self.ds.num_items,
                                            batch_size=self.tcfg.eval_batch_size, exclude=seen,
                                            ties=self.tcfg.ties, progress=self.eval_bars,
@@ -508,7 +511,7 @@ class Trainer:
         metrics.update(best_epoch=state["best_epoch"], epochs=state["epoch"],
                        train_seconds=round(state["train_seconds"], 2),
                        stopped_early=state["bad_epochs"] >= self.tcfg.patience,
-                       evaluation={"ties": self.tcfg.ties, "exclude_seen": self.tcfg.exclude_seen,
+                       evaluation={"ties": self.tcfg.ties, "exclude_seen": self.exclude_seen,
                                    "sampled_negatives": 100,
                                    "negatives": "redrawn" if self.tcfg.resample_negatives
                                    else "fixed per seed"})
@@ -571,16 +574,13 @@ def load_run(run_dir: str | Path, device: str = "cpu") -> tuple[SequentialRecomm
     return model.to(resolve_device(device)).eval(), cfg
 
 
-def evaluate_run(run_dir: str | Path, protocols: tuple[str, ...] | None = None, *,
-                 data_dir: str | Path | None = None, device: str | None = None,
-                 exclude_seen: bool | None = None, log=print,
-                 progress: bool = False) -> dict[str, Any]:
-    """Recompute a run's test (and validation) metrics and per-user ranks from its best weights.
-
-    ``protocols`` (default: the run's ``test_protocols``) are evaluated again; the metrics.json
-    entries of other protocols are kept. ``data_dir`` replaces the dataset path recorded in
-    config.json (a moved dataset); it must be the same dataset (manifest checksum).
-    """
+def run_trainer(run_dir: str | Path, *, data_dir: str | Path | None = None,
+                device: str | None = None, exclude_seen: bool | None = None,
+                log=print) -> Trainer:
+    """A finished (or interrupted) run's :class:`Trainer` in evaluation mode, its best
+    weights loaded: what ``llmesr evaluate`` and the diagnosis benchmarks start from.
+    ``data_dir`` replaces the dataset path recorded in config.json (a moved dataset); it must
+    be the same dataset (manifest checksum)."""
     run_dir = Path(run_dir)
     try:
         cfg = json.loads((run_dir / "config.json").read_text())
@@ -591,9 +591,6 @@ def evaluate_run(run_dir: str | Path, protocols: tuple[str, ...] | None = None, 
         raise LlmesrError(f"cannot read {run_dir / 'config.json'} ({e})") from None
     if not (run_dir / "model.safetensors").is_file():
         raise LlmesrError(f"{run_dir} has no trained weights (model.safetensors); train it first")
-    for p in protocols or ():
-        if p not in ("full", "sampled"):
-            raise LlmesrError(f"unknown protocol {p!r}; use full or sampled")
     data = Path(data_dir) if data_dir else Path(cfg["dataset"]["path"])
     if not (data / "manifest.json").is_file():
         raise LlmesrError(f"the run's dataset is not at {data}; pass --data DIR")
@@ -609,6 +606,30 @@ def evaluate_run(run_dir: str | Path, protocols: tuple[str, ...] | None = None, 
         tcfg.device = device
     if exclude_seen is not None:
         tcfg.exclude_seen = exclude_seen
+    trainer = Trainer(data, mcfg, tcfg, run_dir, embeddings=embeddings, progress=False,
+                      log=log, evaluate_only=True)
+    load_weights(trainer.model, run_dir / "model.safetensors")
+    trainer.model.eval()
+    return trainer
+
+
+def evaluate_run(run_dir: str | Path, protocols: tuple[str, ...] | None = None, *,
+                 data_dir: str | Path | None = None, device: str | None = None,
+                 exclude_seen: bool | None = None, log=print,
+                 progress: bool = False) -> dict[str, Any]:
+    """Recompute a run's test (and validation) metrics and per-user ranks from its best weights.
+
+    ``protocols`` (default: the run's ``test_protocols``) are evaluated again; the metrics.json
+    entries of other protocols are kept. ``data_dir`` replaces the dataset path recorded in
+    config.json (a moved dataset); it must be the same dataset (manifest checksum).
+    """
+    run_dir = Path(run_dir)
+    for p in protocols or ():
+        if p not in ("full", "sampled"):
+            raise LlmesrError(f"unknown protocol {p!r}; use full or sampled")
+    trainer = run_trainer(run_dir, data_dir=data_dir, device=device,
+                          exclude_seen=exclude_seen, log=log)
+    tcfg = trainer.tcfg
     old: dict[str, Any] = {}
     if (run_dir / "metrics.json").is_file():
         old = json.loads((run_dir / "metrics.json").read_text())
@@ -620,8 +641,6 @@ def evaluate_run(run_dir: str | Path, protocols: tuple[str, ...] | None = None, 
         state = {k: saved[k] for k in ("best_epoch", "epoch", "train_seconds", "bad_epochs")}
     else:
         state = {"best_epoch": 0, "epoch": 0, "train_seconds": 0.0, "bad_epochs": 0}
-    trainer = Trainer(data, mcfg, tcfg, run_dir, embeddings=embeddings, progress=False,
-                      log=log, evaluate_only=True)
     trainer.eval_bars = progress       # a bar per protocol and split, with time left
     metrics = trainer.finish(state, protocols)
     kept = {p: r for p, r in old.get("test", {}).items() if p not in metrics["test"]}
