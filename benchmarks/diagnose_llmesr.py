@@ -22,7 +22,9 @@ test split under the run's own full-ranking protocol (``exclude_seen`` as it was
   score over the test users, per part (a view that leans on popularity correlates high).
 
 A run of ``id`` or ``llminit`` gets the one-view rows (``co`` = its ID table), for
-comparison. JSON on stdout; ``--plot`` draws HR@10 by group for each run and view.
+comparison. ``matches_run_ranks``: how many test cases the whole score ranks elsewhere than
+the run's own ``ranks_test_full.npy`` (a check of the split; two products summed round
+differently from one concatenated product, so a near-tie may move by one). JSON on stdout; ``--plot`` draws HR@10 by group for each run and view.
 """
 
 from __future__ import annotations
@@ -96,12 +98,23 @@ def diagnose(run_dir: str, data_dir: str | None, device: str | None,
                                         progress=False, topk=10)
         grouped = tr.grouped(ranks, rows, targets)
         beyond = tr.beyond(top, rows, targets)
+        if len(names) == len(parts):
+            whole[0] = ranks
         return {g: {"HR@10": round(grouped[g]["HR@10"], 5),
                     "NDCG@10": round(grouped[g]["NDCG@10"], 5),
                     **({k: round(v, 4) for k, v in beyond[g].items()} if g in beyond else {})}
                 for g in GROUPS}
 
+    whole: list = [None]
     views = {"+".join(parts): ranking(tuple(parts))}
+    # a check of the split: the whole score ranks exactly as the run's own test did (when it
+    # was ranked the same way)
+    saved = Path(run_dir) / "ranks_test_full.npy"
+    matches = None
+    if saved.is_file() and evaluated_excluding_seen(run_dir) == tr.exclude_seen:
+        delta = np.abs(np.load(saved).astype(np.int64) - whole[0])
+        matches = {"cases_differing": int((delta > 0).sum()), "max_rank_difference":
+                   int(delta.max(initial=0))}
     if len(parts) > 1:
         for k in parts:
             views[f"{k} only"] = ranking((k,))
@@ -134,7 +147,7 @@ def diagnose(run_dir: str, data_dir: str | None, device: str | None,
     popularity = {k: round(float(spearmanr(pop[1:], v).statistic), 4)
                   for k, v in item_sum.items()}
     return {"run": str(run_dir), "model": tr.mcfg.model, "seed": tr.tcfg.seed,
-            "exclude_seen": tr.exclude_seen, "views": views, "contributions": contrib,
+            "exclude_seen": tr.exclude_seen, "matches_run_ranks": matches, "views": views, "contributions": contrib,
             "scale": scale, "popularity_spearman": popularity}
 
 
@@ -145,15 +158,17 @@ def plot(results: list[dict], path: str) -> None:
 
     bars = [(f"{r['model']} s{r['seed']}: {v}", r["views"][v]) for r in results
             for v in r["views"]]
-    fig, ax = plt.subplots(figsize=(10, 4))
+    fig, ax = plt.subplots(figsize=(12, 4))
     width = 0.8 / len(bars)
     x = np.arange(len(GROUPS))
+    colors = plt.get_cmap("tab20").colors
     for i, (label, vals) in enumerate(bars):
-        ax.bar(x + i * width, [vals[g]["HR@10"] for g in GROUPS], width, label=label)
+        ax.bar(x + i * width, [vals[g]["HR@10"] for g in GROUPS], width, label=label,
+               color=colors[i % len(colors)])
     ax.set_xticks(x + 0.4 - width / 2, [g.replace("_", " ") for g in GROUPS])
     ax.set_ylabel("test HR@10 (full ranking)")
     ax.set_title("Ranking by each view's part of the score")
-    ax.legend(fontsize=7, ncol=2)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
