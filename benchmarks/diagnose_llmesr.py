@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -38,24 +39,11 @@ import torch
 from _common import emit, parse_with_runtime
 from scipy.stats import spearmanr
 
+from llmesr.errors import LlmesrError
 from llmesr.evaluation.protocols import full_ranking_ranks, group_masks
-from llmesr.training.batches import eval_inputs, to_tensors
 from llmesr.training.trainer import run_trainer
 
 GROUPS = ("overall", "tail_item", "head_item", "tail_user", "head_user")
-
-
-def user_states(tr, rows: np.ndarray, hist: np.ndarray, batch: int = 1024) -> torch.Tensor:
-    """The test users' states (n, H), float32, in batches."""
-    cfg, out = tr.mcfg, []
-    with torch.no_grad():
-        for s in range(0, len(rows), batch):
-            r = rows[s:s + batch]
-            seq, pos = eval_inputs(tr.view.items, tr.starts[r], hist[r], cfg.max_len,
-                                   cfg.backbone, tr.ds.num_items + 1)
-            t = to_tensors(tr.device, seq=seq, pos=pos)
-            out.append(tr.model.user_states_grouped(t["seq"], t["pos"]).float().cpu())
-    return torch.cat(out)
 
 
 def evaluated_excluding_seen(run_dir: str) -> bool | None:
@@ -77,7 +65,8 @@ def diagnose(run_dir: str, data_dir: str | None, device: str | None,
     rows, targets = tr.test_rows, tr.test_targets
     hist = np.maximum(tr.ds.users["length"].to_numpy() - 1, 0)
     with torch.no_grad():
-        u = user_states(tr, rows, hist)
+        u = torch.cat([tr.user_states(rows[s:s + 1024], hist).float().cpu()
+                       for s in range(0, len(rows), 1024)])
         parts = {"co": (model.co.all().detach().float().cpu(), slice(0, h))} \
             if model.co is not None else {}
         if model.se is not None:
@@ -184,8 +173,12 @@ def main() -> None:
                     help="leave the history out of the ranking (default: as the run's "
                          "metrics.json was evaluated)")
     args = parse_with_runtime(ap)
-    results = [diagnose(r, args.data, None if args.device == "auto" else args.device,
-                        args.exclude_seen) for r in args.runs]
+    try:
+        results = [diagnose(r, args.data, None if args.device == "auto" else args.device,
+                            args.exclude_seen) for r in args.runs]
+    except LlmesrError as e:            # not a run, a moved dataset, ...: one line, exit 2
+        print(f"diagnose_llmesr: error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
     if args.plot:
         plot(results, args.plot)
     emit({"benchmark": "diagnose_llmesr", "runs": results,

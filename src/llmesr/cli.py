@@ -777,7 +777,8 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
 
     baseline = None if args.baseline.lower() == "none" else args.baseline
     reproduce(args.dir, args.out, seeds=args.seeds, models=args.models,
-              config_dir=args.config_dir, backbones=args.backbones, preset=args.preset, epochs=args.epochs,
+              config_dir=args.config_dir, backbones=args.backbones, preset=args.preset,
+              epochs=args.epochs,
               overrides=dict(args.set), embeddings=args.embeddings, jobs=args.jobs,
               baseline=baseline, tsne=not args.no_tsne, progress=not args.quiet,
               log=(lambda *a, **k: None) if args.quiet else print)

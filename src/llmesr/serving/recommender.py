@@ -385,14 +385,15 @@ class Recommender:
         out = np.full(len(targets), -1, dtype=np.int64)
         for lo in range(0, len(targets), batch_size):
             hi = min(lo + batch_size, len(targets))
-            s = self.score_matrix(histories[lo:hi])
+            mapped = [self._map(h)[0] for h in histories[lo:hi]]
+            with self._lock, torch.no_grad():
+                s = self._score_rows(mapped)
             for i, t in enumerate(targets[lo:hi]):
                 j = self.model_id(t)
                 if j >= 0:
                     ahead = s[i] >= s[i, j]
                     if exclude_seen:
-                        seen = [k for k in self._map(histories[lo + i])[0] if k != j]
-                        ahead[seen] = False
+                        ahead[[k for k in mapped[i] if k != j]] = False
                     out[lo + i] = int(ahead.sum()) - 1
         return out
 

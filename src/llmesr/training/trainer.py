@@ -258,17 +258,12 @@ class Trainer:
 
     def _score_fn(self, hist_len: np.ndarray):
         model, device = self.model, self.device
-        cfg = self.mcfg
         with self._autocast():
             table = model.item_embeddings()   # once per evaluation, not once per batch
 
         def score(rows: torch.Tensor, candidates: torch.Tensor | None) -> torch.Tensor:
-            r = rows.numpy()
-            seq, pos = eval_inputs(self.view.items, self.starts[r], hist_len[r], cfg.max_len,
-                                   cfg.backbone, self.ds.num_items + 1)
-            t = to_tensors(device, seq=seq, pos=pos)
+            u = self.user_states(rows.numpy(), hist_len)
             with self._autocast():
-                u = model.user_states_grouped(t["seq"], t["pos"])
                 u = u.to(table.dtype)
                 if candidates is None:
                     out = u @ table.T
@@ -277,6 +272,16 @@ class Trainer:
             return out.float()
 
         return score
+
+    def user_states(self, rows: np.ndarray, hist_len: np.ndarray) -> torch.Tensor:
+        """The states (len(rows), H) of user rows ``rows`` after their first ``hist_len[row]``
+        items (no gradients; float32, on the run's device)."""
+        cfg = self.mcfg
+        seq, pos = eval_inputs(self.view.items, self.starts[rows], hist_len[rows], cfg.max_len,
+                               cfg.backbone, self.ds.num_items + 1)
+        t = to_tensors(self.device, seq=seq, pos=pos)
+        with torch.no_grad(), self._autocast():
+            return self.model.user_states_grouped(t["seq"], t["pos"])
 
     def _autocast(self):
         return torch.autocast("cuda", dtype=torch.bfloat16,
@@ -576,9 +581,11 @@ def load_run(run_dir: str | Path, device: str = "cpu") -> tuple[SequentialRecomm
 
 def run_trainer(run_dir: str | Path, *, data_dir: str | Path | None = None,
                 device: str | None = None, exclude_seen: bool | None = None,
-                log=print) -> Trainer:
+                log=print, load: bool = True) -> Trainer:
     """A finished (or interrupted) run's :class:`Trainer` in evaluation mode, its best
-    weights loaded: what ``llmesr evaluate`` and the diagnosis benchmarks start from.
+    weights loaded (``load=False``: not yet, for a caller that goes on to
+    :meth:`Trainer.finish`, which loads them): what ``llmesr evaluate`` and the diagnosis
+    benchmarks start from.
     ``data_dir`` replaces the dataset path recorded in config.json (a moved dataset); it must
     be the same dataset (manifest checksum)."""
     run_dir = Path(run_dir)
@@ -608,8 +615,9 @@ def run_trainer(run_dir: str | Path, *, data_dir: str | Path | None = None,
         tcfg.exclude_seen = exclude_seen
     trainer = Trainer(data, mcfg, tcfg, run_dir, embeddings=embeddings, progress=False,
                       log=log, evaluate_only=True)
-    load_weights(trainer.model, run_dir / "model.safetensors")
-    trainer.model.eval()
+    if load:
+        load_weights(trainer.model, run_dir / "model.safetensors")
+        trainer.model.eval()
     return trainer
 
 
@@ -628,7 +636,7 @@ def evaluate_run(run_dir: str | Path, protocols: tuple[str, ...] | None = None, 
         if p not in ("full", "sampled"):
             raise LlmesrError(f"unknown protocol {p!r}; use full or sampled")
     trainer = run_trainer(run_dir, data_dir=data_dir, device=device,
-                          exclude_seen=exclude_seen, log=log)
+                          exclude_seen=exclude_seen, log=log, load=False)
     tcfg = trainer.tcfg
     old: dict[str, Any] = {}
     if (run_dir / "metrics.json").is_file():
