@@ -157,3 +157,29 @@ def test_gbce_needs_catalogue_negatives():
     from llmesr.errors import LlmesrError
     with pytest.raises(LlmesrError, match="gbce"):
         ModelConfig(loss="gbce", negative_sampler="in_batch").validate()
+
+
+@pytest.mark.parametrize("loss", ["ce", "bce"])
+def test_view_aux_loss_adds_each_views_own_loss(loss):
+    rng = np.random.default_rng(0)
+    n_items, h = 30, 8
+    kw = dict(model="llmesr", backbone="sasrec", hidden=h, layers=1, max_len=10, loss=loss)
+    llm = rng.normal(size=(n_items, 12)).astype(np.float32)
+    pca = rng.normal(size=(n_items, h)).astype(np.float32)
+    torch.manual_seed(0)
+    plain = SequentialRecommender(ModelConfig(**kw), n_items, llm=llm, pca=pca)
+    torch.manual_seed(0)
+    aux = SequentialRecommender(ModelConfig(**kw, view_aux_loss=0.5), n_items, llm=llm, pca=pca)
+    u = torch.randn(4, 2 * h)
+    pos, neg = torch.tensor([1, 5, 30, 7]), torch.tensor([2, 6, 3, 8])
+    e_co, e_se = aux.co.all(), aux.se.all()
+
+    def own(u_part, table):
+        if loss == "ce":
+            return F.cross_entropy(u_part @ table[1:n_items + 1].T, pos - 1)
+        return losses.bce((u_part * table[pos]).sum(-1), (u_part * table[neg]).sum(-1))
+
+    joint = float(plain.rec_loss_flat(u, pos, neg))
+    want = joint + 0.5 * float(own(u[:, :h], e_co) + own(u[:, h:], e_se))
+    assert float(aux.rec_loss_flat(u, pos, neg)) == pytest.approx(want, rel=1e-5)
+    assert float(aux.rec_loss_flat(u, pos, neg)) > joint

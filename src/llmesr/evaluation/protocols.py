@@ -12,7 +12,12 @@ The model side is a callback, so these drivers work for any backbone::
 return scores on any device (ranks are computed there). It is called under ``torch.no_grad``;
 putting the model in eval mode is the caller's job.
 
-Both drivers return one 0-based rank per evaluated case (int64, or float64 for ties="average"),
+When the scores factor as ``user_states @ item_table.T`` (every model here),
+:func:`full_ranking_ranks_factored` takes ``states_fn(user_rows) -> (b, H)`` and the table
+instead, and ranks the full catalogue in bounded tiles of users x items, never holding a
+(batch, N + 1) score block: the driver for large catalogues (the trainer's).
+
+The drivers return one 0-based rank per evaluated case (int64, or float64 for ties="average"),
 to be turned into metrics by :mod:`llmesr.evaluation.metrics` and saved for significance tests.
 
 Deviations from the paper's code, all deliberate:
@@ -188,6 +193,379 @@ def full_ranking_ranks(score_fn: ScoreFn, users: np.ndarray, targets: np.ndarray
                 # it in the history): the slots past them hold 0, not an excluded item
                 top = top.masked_fill(~keep.gather(1, top), 0)
                 tops.append(top.cpu().numpy().astype(np.int64))
+            bar.update(b)
+    if topk:
+        return np.concatenate(out), np.concatenate(tops)
+    return np.concatenate(out)
+
+
+# ------------------------------------------------------------------------------------------------
+# full-catalogue ranking from factored scores (user states x item table)
+
+StatesFn = Callable[[torch.Tensor], torch.Tensor]
+
+#: Scores computed at once by :func:`full_ranking_ranks_factored` (one tile: some users x one
+#: item block) when ``block_cells`` is not given. On a CPU the tile must stay in cache between
+#: the matmul and the passes that read it back (the counts, the top-k): with 64-wide states,
+#: tiles of 2^20 scores ran 2-4x faster per score than tiles of 2^24 (1 thread). On a GPU
+#: larger tiles amortise the kernel launches.
+BLOCK_CELLS_CPU = 1 << 20
+BLOCK_CELLS_CUDA = 1 << 24
+#: The default item block on a CPU: long enough rows for a cheap block top-k (torch.topk costs
+#: several times more per score on rows of 1024 than of 4096), 256 users per 2^20 tile.
+ITEM_BLOCK_CPU = 4096
+
+
+def default_block_cells(device: torch.device | str = "cpu") -> int:
+    """The default ``block_cells`` of :func:`full_ranking_ranks_factored` on ``device``."""
+    return BLOCK_CELLS_CUDA if torch.device(device).type == "cuda" else BLOCK_CELLS_CPU
+
+
+def default_item_block(batch_size: int, device: torch.device | str = "cpu") -> int:
+    """The default ``item_block`` of :func:`full_ranking_ranks_factored`.
+
+    On a GPU, the widest block that keeps a whole batch x block within
+    :data:`BLOCK_CELLS_CUDA` scores (one tile per block and batch); on a CPU
+    :data:`ITEM_BLOCK_CPU` items, a batch being cut into tiles of :data:`BLOCK_CELLS_CPU`.
+    """
+    if torch.device(device).type == "cuda":
+        return max(1, BLOCK_CELLS_CUDA // max(1, int(batch_size)))
+    return ITEM_BLOCK_CPU
+
+
+class _ItemBlocks:
+    """Items 1..N cut into blocks of one common width, the last one padded with zero rows.
+
+    Every block matmul of a tile then has the same shape (tile users x ``width``), so a
+    (user, item) score comes out of the same kernel whichever block holds the item; the
+    target's score is read from a matmul of that shape too (see :func:`_target_scores`).
+    """
+
+    def __init__(self, items: torch.Tensor, num_items: int, item_block: int):
+        n_blocks = -(-num_items // item_block)
+        self.width = -(-num_items // n_blocks)        # balanced: padding < n_blocks columns
+        self.items = items
+        self.num_items = num_items
+        self.starts = [1 + j * self.width for j in range(n_blocks)]
+        #: block boundaries as item ids, for searchsorted: block j is [edges[j], edges[j+1])
+        self.edges = np.array(self.starts + [num_items + 1], dtype=np.int64)
+        last = self.starts[-1]
+        self.tail = None
+        if num_items + 1 - last < self.width:
+            self.tail = items.new_zeros((self.width, items.shape[1]))
+            self.tail[: num_items + 1 - last] = items[last: num_items + 1]
+
+    def __len__(self) -> int:
+        return len(self.starts)
+
+    def block(self, j: int) -> tuple[torch.Tensor, int, int]:
+        """(width, H) rows of block ``j``, its first item id and its number of real items."""
+        start = self.starts[j]
+        real = min(self.width, self.num_items + 1 - start)
+        if real < self.width:
+            return self.tail, start, real
+        return self.items[start: start + self.width], start, real
+
+
+def _block_scores(states: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """``states @ rows.T``, 16-bit results widened to float32 (as the trainer's score_fn)."""
+    out = states @ rows.T
+    return out.float() if out.dtype in (torch.float16, torch.bfloat16) else out
+
+
+def _target_scores(states: torch.Tensor, items: torch.Tensor, tgt: torch.Tensor,
+                   width: int) -> torch.Tensor:
+    """Each row's score of its target, from matmuls of the block shape (b, ``width``).
+
+    A separate dot product would round differently from the matmul that scores the other
+    items, and turn exact ties (e.g. a duplicated item row) into strict wins or losses. The
+    targets' rows are laid out as the columns of blocks of the usual width (zero-padded) and
+    scored like any item block; row i's target sits in column i mod width.
+    """
+    b = len(states)
+    parts = []
+    for lo in range(0, b, width):
+        hi = min(lo + width, b)
+        block = items.new_zeros((width, items.shape[1]))
+        block[: hi - lo] = items[tgt[lo:hi]]
+        cols = torch.arange(hi - lo, device=states.device)
+        parts.append(_block_scores(states, block)[lo + cols, cols])
+    return torch.cat(parts)
+
+
+class _Exclusions:
+    """One tile's excluded (row, item) pairs: unique, without 0 or the row's target, sorted
+    by item so that each item block's pairs are one slice."""
+
+    def __init__(self, exclude: Sequence[np.ndarray], start: int, stop: int,
+                 targets: np.ndarray, num_items: int, edges: np.ndarray,
+                 device: torch.device):
+        b = stop - start
+        rows, items = _flatten(exclude, start, stop, num_items, "exclude list")
+        keep = (items > 0) & (items != targets[start + rows])
+        keys = np.unique(items[keep] * b + rows[keep])      # sorted by item, then row
+        items, rows = keys // b, keys % b
+        self.count = torch.from_numpy(np.bincount(rows, minlength=b)).to(device)
+        self.rows = torch.from_numpy(rows).to(device)
+        self.items = torch.from_numpy(items).to(device)
+        self.bounds = np.searchsorted(items, edges).tolist()
+
+    def of_block(self, j: int) -> tuple[torch.Tensor, torch.Tensor]:
+        lo, hi = self.bounds[j], self.bounds[j + 1]
+        return self.rows[lo:hi], self.items[lo:hi]
+
+
+def _block_top(scores: torch.Tensor, start: int, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ``k`` best entries of each row of a masked block (masked = -inf): (values, ids).
+
+    Which tied entries make the cut is decided by id (the lowest first), so the selection does
+    not depend on how the catalogue is cut into blocks: ``torch.topk`` alone picks among ties
+    at the cut arbitrarily. Rows with a tie across the cut (the (k+1)-th value equals the k-th)
+    are re-selected exactly: everything above the cut value, then the first tied columns.
+    """
+    b, w = scores.shape
+    kk = min(k, w)
+    if kk == w:
+        ids = torch.arange(w, device=scores.device).expand(b, w)
+        return scores, ids + start
+    values, ids = scores.topk(kk + 1, dim=1)
+    cut = values[:, kk - 1]
+    tied = (values[:, kk] == cut) & (cut > float("-inf"))
+    values, ids = values[:, :kk], ids[:, :kk]
+    if bool(tied.any()):
+        rows = tied.nonzero().squeeze(1)
+        sub = scores[rows]
+        edge = cut[rows, None]
+        above = sub > edge
+        equal = sub == edge
+        room = kk - above.sum(dim=1, keepdim=True)
+        chosen = above | (equal & (equal.cumsum(dim=1) <= room))   # exactly kk per row
+        cols = chosen.nonzero()[:, 1].view(len(rows), kk)
+        values = values.clone()
+        ids = ids.clone()
+        values[rows] = sub.gather(1, cols)
+        ids[rows] = cols
+    return values, ids + start
+
+
+def _merge_top(best: tuple[torch.Tensor, torch.Tensor] | None,
+               block: tuple[torch.Tensor, torch.Tensor], k: int
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Merge a block's candidates into the running top-k: value descending, then id ascending."""
+    values, ids = block
+    if best is not None:
+        values = torch.cat([best[0], values], dim=1)
+        ids = torch.cat([best[1], ids], dim=1)
+    ids, order = ids.sort(dim=1)                     # ids are unique within a row
+    values = values.gather(1, order)
+    values, order = values.sort(dim=1, descending=True, stable=True)
+    ids = ids.gather(1, order)
+    return values[:, :k], ids[:, :k]
+
+
+def _sweep(states: torch.Tensor, tgt: torch.Tensor, tgt_order: torch.Tensor,
+           tgt_bounds: list[int], blocks: _ItemBlocks, ex: _Exclusions | None,
+           pos: torch.Tensor | None, ties: str, topk: int):
+    """One pass of a tile of users over the item blocks.
+
+    Counts, per row, the admissible others below (``lt``) and above (``gt``) the target's
+    score ``pos`` (None: read it from the only block) without a mask: every block is counted
+    whole (item 0 and rows > N are never in a block), then its excluded pairs' own
+    comparisons are subtracted. Records the target's score as this pass computed it
+    (``seen``) and, with ``topk``, keeps the running top-k (values, ids).
+    """
+    b = len(states)
+    device = states.device
+    lt = torch.zeros(b, dtype=torch.int64, device=device)
+    gt = torch.zeros(b, dtype=torch.int64, device=device)
+    seen = None
+    best = None
+    for j in range(len(blocks)):
+        rows, start, real = blocks.block(j)
+        full = _block_scores(states, rows)
+        scores = full[:, :real] if real < full.shape[1] else full
+        if seen is None:
+            seen = torch.empty(b, dtype=scores.dtype, device=device)
+        here = tgt_order[tgt_bounds[j]:tgt_bounds[j + 1]]
+        seen[here] = scores[here, tgt[here] - start]
+        if pos is None:                  # a single block: every target was just read
+            pos = seen.clone()
+        edge = pos[:, None]
+        # The target compares equal to itself, so it adds to neither count (a NaN target is
+        # handled by the caller); NaN others add to neither, which is what the policies want
+        # (pessimistic = admissible - lt counts them ahead).
+        if ties != "optimistic":
+            lt += (scores < edge).sum(dim=1, dtype=torch.int32)
+        if ties != "pessimistic":
+            gt += (scores > edge).sum(dim=1, dtype=torch.int32)
+        if ex is not None:
+            er, items = ex.of_block(j)
+            if len(er):
+                ec = items - start
+                ev = scores[er, ec]
+                if ties != "optimistic":
+                    lt.index_add_(0, er, (ev < pos[er]).to(torch.int64), alpha=-1)
+                if ties != "pessimistic":
+                    gt.index_add_(0, er, (ev > pos[er]).to(torch.int64), alpha=-1)
+        if topk:
+            # the counts are done: the block may now be masked in place. NaN and excluded
+            # items become -inf (never listed); a genuine -inf score becomes the lowest finite
+            # value, so it still ranks above the masked entries.
+            torch.nan_to_num_(full, nan=float("-inf"), posinf=float("inf"),
+                              neginf=torch.finfo(full.dtype).min)
+            if ex is not None and len(er):
+                scores[er, ec] = float("-inf")
+            best = _merge_top(best, _block_top(scores, start, topk), topk)
+    return lt, gt, seen, pos, best
+
+
+def _rank_tile(states: torch.Tensor, targets: np.ndarray, start: int, stop: int,
+               exclude: Sequence[np.ndarray] | None, blocks: _ItemBlocks, num_items: int,
+               ties: str, topk: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Ranks (and top-k ids) of cases ``start..stop``, whose states are ``states``."""
+    device = states.device
+    b = stop - start
+    tgt_np = targets[start:stop]
+    tgt = torch.from_numpy(tgt_np).to(device)
+    order = np.argsort(tgt_np, kind="stable")
+    tgt_bounds = np.searchsorted(tgt_np[order], blocks.edges).tolist()
+    tgt_order = torch.from_numpy(order).to(device)
+    ex = None if exclude is None else _Exclusions(exclude, start, stop, targets, num_items,
+                                                  blocks.edges, device)
+    pos = None if len(blocks) == 1 else _target_scores(states, blocks.items, tgt, blocks.width)
+    lt, gt, seen, pos, best = _sweep(states, tgt, tgt_order, tgt_bounds, blocks, ex, pos,
+                                     ties, topk)
+    if not bool(((seen == pos) | (torch.isnan(seen) & torch.isnan(pos))).all()):
+        # the sweep rounded some target's score differently from _target_scores: count again
+        # against the sweep's own values (the same matmuls, hence the same values)
+        pos = seen
+        lt, gt, _, _, _ = _sweep(states, tgt, tgt_order, tgt_bounds, blocks, ex, pos, ties, 0)
+    n_valid = num_items - 1 - (0 if ex is None else ex.count)     # not 0, not the target
+    n_valid = torch.as_tensor(n_valid, dtype=torch.int64, device=device).expand(b)
+    if ties == "pessimistic":
+        ranks = n_valid - lt
+    elif ties == "optimistic":
+        ranks = gt
+    else:  # higher + tied / 2 = (pessimistic + optimistic) / 2
+        ranks = ((n_valid - lt) + gt).to(torch.float64) / 2
+        n_valid = n_valid.to(torch.float64)
+    ranks = torch.where(torch.isnan(pos), n_valid, ranks)
+    top = None
+    if topk:
+        values, ids = best
+        top = ids.masked_fill(values == float("-inf"), 0)
+    return ranks, top
+
+
+def full_ranking_ranks_factored(states_fn: StatesFn, items: torch.Tensor, users: np.ndarray,
+                                targets: np.ndarray, num_items: int, *,
+                                batch_size: int = 1024, item_block: int | None = None,
+                                block_cells: int | None = None,
+                                exclude: Sequence[np.ndarray] | None = None,
+                                ties: str = "pessimistic", progress: bool = True,
+                                topk: int = 0) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+    """:func:`full_ranking_ranks` for scores ``states @ items.T``, without the score matrix.
+
+    No (batch, N + 1) score block or mask is ever built. Each batch of user states is cut into
+    tiles of users, and each tile sweeps the catalogue in blocks of at most ``item_block``
+    items: a block's scores (tile users x block items, at most about ``block_cells`` of them)
+    are compared with the targets' scores and counted, and, with ``topk``, merged into a
+    running top-k, before the next block is computed. Memory is bounded by the tile, whatever
+    the catalogue size; exclusions cost memory in proportion to their number, not to N.
+
+    The ranks are those of :func:`full_ranking_ranks` with ``score_fn = states @ items.T``:
+    same tie policies, same NaN rules (a NaN target gets the worst rank, a NaN other ties
+    with it), same exclusions. Exactness: the target's score comes from a matmul of the
+    block's shape, not from a separate dot product, so it rounds as the other items' scores
+    do and an item row equal to the target's ties with it exactly. Should a kernel round a
+    target's score differently in its own block (a rounding that depends on the column), the
+    tile is counted again against the values its sweep computed, so a target always compares
+    equal to itself. Block matmuls may round differently from one (batch, M) matmul, by an
+    ulp here and there; where such an ulp decides a near-tie, a rank can differ from the one
+    ``full_ranking_ranks`` derives from the whole-row matmul (both are exact for their scores).
+
+    Args:
+        states_fn: ``states_fn(user_rows: LongTensor (b,)) -> (b, H)`` float tensor on any
+            device (moved to ``items``' device); called under ``torch.no_grad``.
+        items: (M, H) item table, M >= N + 1. Row 0 (padding) and rows > N (e.g. a mask
+            token) are never candidates. Scores are ``states.to(items.dtype) @ items.T``,
+            16-bit results widened to float32; call this under ``torch.autocast`` to score as
+            an autocast score_fn would (the trainer does).
+        users: (n,) user rows handed to ``states_fn``.
+        targets: (n,) target item ids in 1..N.
+        num_items: N.
+        batch_size: users per ``states_fn`` call.
+        item_block: items per block (default :func:`default_item_block`). Blocks are
+            balanced, each at most this wide.
+        block_cells: scores per tile (default :func:`default_block_cells`: 2^20 on a CPU,
+            2^24 on a GPU); a tile holds ``max(1, block_cells // block width)`` users of a
+            batch. The results depend on none of ``batch_size``, ``item_block`` and
+            ``block_cells`` (given the same scores, see above).
+        exclude: optional per-case item ids removed from the candidates; id 0 is ignored,
+            repeats count once and the target is never excluded (as in
+            :func:`full_ranking_ranks`).
+        ties: tie policy (see metrics.py).
+        progress: show a tqdm bar.
+        topk: also return each case's top ``topk`` items (every item 1..N but the excluded
+            ones, the target included; a NaN score is never listed), best first; slots past
+            the admissible items hold 0. Tied items are listed by id, lowest first, so the
+            lists do not depend on the blocks. :func:`full_ranking_ranks` leaves the order
+            of tied items to ``torch.topk`` (arbitrary), so the two agree id for id where no
+            tie meets a list's cut or order, and score for score always. An item scored -inf
+            is listed (below every finite score) before the list is padded with 0.
+
+    Returns:
+        (n,) int64 ranks (float64 for ties="average"); with ``topk``, also the (n, topk)
+        int64 item ids.
+    """
+    check_ties(ties)
+    users, targets = _check_cases(users, targets, num_items, batch_size)
+    if topk < 0 or topk > num_items:
+        raise LlmesrError(f"topk must be in 0..{num_items}; got {topk}")
+    n = len(users)
+    if exclude is not None and len(exclude) != n:
+        raise ValueError(f"exclude has {len(exclude)} entries for {n} cases")
+    if not isinstance(items, torch.Tensor) or items.dim() != 2 or \
+            items.shape[0] < num_items + 1 or not items.is_floating_point():
+        got = (f"{tuple(items.shape)} {items.dtype}" if isinstance(items, torch.Tensor)
+               else type(items).__name__)
+        raise ValueError(f"items must be a float (M, H) table with M >= {num_items + 1}; "
+                         f"got {got}")
+    item_block = default_item_block(batch_size, items.device) if item_block is None \
+        else int(item_block)
+    block_cells = default_block_cells(items.device) if block_cells is None \
+        else int(block_cells)
+    if item_block < 1:
+        raise LlmesrError(f"the item block must be >= 1 item; got {item_block}")
+    if block_cells < 1:
+        raise LlmesrError(f"block_cells must be >= 1; got {block_cells}")
+    if n == 0:
+        empty = _empty_ranks(ties)
+        return (empty, np.zeros((0, topk), dtype=np.int64)) if topk else empty
+
+    items = items.detach()
+    device = items.device
+    blocks = _ItemBlocks(items, num_items, item_block)
+    tile = max(1, block_cells // blocks.width)
+    out, tops = [], []
+    with torch.no_grad(), tqdm(total=n, desc="full ranking", unit="user",
+                               disable=not progress) as bar:
+        for start in range(0, n, batch_size):
+            stop = min(start + batch_size, n)
+            b = stop - start
+            states = states_fn(torch.from_numpy(users[start:stop]))
+            if not isinstance(states, torch.Tensor) or states.shape != (b, items.shape[1]):
+                got = tuple(states.shape) if isinstance(states, torch.Tensor) \
+                    else type(states).__name__
+                raise ValueError(f"states_fn returned {got}; expected ({b}, {items.shape[1]})")
+            states = states.detach().to(device=device, dtype=items.dtype)
+            for lo in range(0, b, tile):
+                hi = min(lo + tile, b)
+                ranks, top = _rank_tile(states[lo:hi], targets, start + lo, start + hi,
+                                        exclude, blocks, num_items, ties, topk)
+                out.append(ranks.cpu().numpy())
+                if topk:
+                    tops.append(top.cpu().numpy().astype(np.int64))
             bar.update(b)
     if topk:
         return np.concatenate(out), np.concatenate(tops)

@@ -75,6 +75,10 @@ class ModelConfig:
     #: model learns to score items whose row never trained (items added later by text).
     #: 0 = off. Needs co_init = pca.
     co_dropout: float = 0.0
+    #: weight of each view's own loss (the co half of the user state against the ID rows
+    #: alone, the se half against the adapter's rows alone), added to the joint loss; 0 =
+    #: off (the paper: one loss on the concatenated score)
+    view_aux_loss: float = 0.0
     #: item regularisation (SPEC §4.8; off in the paper's scripts)
     item_reg: bool = False
     beta: float = 0.1
@@ -185,6 +189,7 @@ MODEL_FIELDS: dict[str, Setting] = {
     "sd_teachers": Int(1),
     "teacher_dropout": Bool(),
     "co_dropout": Float(0, 1, high_open=True),
+    "view_aux_loss": Float(0),
     "item_reg": Bool(),
     "beta": Float(0),
     "loss": Choice(*LOSSES),

@@ -243,14 +243,34 @@ class SequentialRecommender(nn.Module):
         """
         if len(u) == 0:
             return u.sum() * 0.0
+        loss = self._objective(u, self.item_embeddings, pos_ids, neg_ids)
+        w = self.cfg.view_aux_loss
+        if w and self.cfg.dual:
+            # each view's own loss: its half of the state against its own item rows, so each
+            # part is a recommender by itself, not only a correction of the other
+            h = self.cfg.hidden
+            loss = loss + w * (self._objective(u[:, :h], self._view_rows(self.co), pos_ids,
+                                               neg_ids)
+                               + self._objective(u[:, h:], self._view_rows(self.se), pos_ids,
+                                                 neg_ids))
+        return loss
+
+    @staticmethod
+    def _view_rows(view: nn.Module):
+        return lambda ids=None: view.all() if ids is None else view(ids)
+
+    def _objective(self, u: torch.Tensor, rows, pos_ids: torch.Tensor, neg_ids: torch.Tensor
+                   ) -> torch.Tensor:
+        """``cfg.loss`` of states ``u`` (n, d) scored against ``rows(ids)`` (the item rows of
+        ``ids``, or the whole (N + 2, d) table for ``ids=None``)."""
         cfg = self.cfg
         if cfg.loss == "bce":
-            pos_logit = (u * self.item_embeddings(pos_ids)).sum(-1)
-            neg_logit = (u * self.item_embeddings(neg_ids)).sum(-1)
+            pos_logit = (u * rows(pos_ids)).sum(-1)
+            neg_logit = (u * rows(neg_ids)).sum(-1)
             return losses.bce(pos_logit, neg_logit)
         if cfg.loss == "ce":
-            return losses.full_softmax_ce(u, self.item_embeddings(), pos_ids, self.num_items)
-        pos_logit = (u * self.item_embeddings(pos_ids)).sum(-1)
+            return losses.full_softmax_ce(u, rows(), pos_ids, self.num_items)
+        pos_logit = (u * rows(pos_ids)).sum(-1)
         m = cfg.sampled_negatives
         if cfg.negative_sampler == "in_batch":
             negs, m = pos_ids, len(pos_ids)
@@ -258,7 +278,7 @@ class SequentialRecommender(nn.Module):
             negs = torch.multinomial(self._q(), m, replacement=True)
         else:
             negs = torch.randint(1, self.num_items + 1, (m,), device=u.device)
-        neg_logit = u @ self.item_embeddings(negs).T                       # (n, M)
+        neg_logit = u @ rows(negs).T                                       # (n, M)
         hits = negs[None, :] == pos_ids[:, None]
         if cfg.loss == "gbce":
             beta = losses.gbce_beta(m, self.num_items, cfg.gbce_t)

@@ -31,8 +31,8 @@ from llmesr.data.artifact import SequenceDataset, load_dataset
 from llmesr.data.io import provenance, sha256_file, write_json_atomic
 from llmesr.errors import LlmesrError
 from llmesr.evaluation.metrics import beyond_accuracy, metrics_from_ranks
-from llmesr.evaluation.protocols import (fixed_rng, full_ranking_ranks, group_masks,
-                                         group_metrics, sampled_ranks)
+from llmesr.evaluation.protocols import (fixed_rng, full_ranking_ranks_factored,
+                                         group_masks, group_metrics, sampled_ranks)
 from llmesr.models.chunking import plan_chunks
 from llmesr.models.config import ModelConfig, TrainConfig, configs_from_dict, configs_to_dict
 from llmesr.models.distill import SelfDistillation
@@ -300,19 +300,24 @@ class Trainer:
             hist = np.maximum(lengths - 1, 0)                     # input = all but the target
         self.model.eval()
         with torch.no_grad():
-            fn = self._score_fn(hist)
             if protocol == "full":
                 # the input history's items, when they are not candidates (exclude_seen)
                 seen = [self.view.items[self.starts[r]:self.starts[r] + hist[r]]
                         for r in rows] if self.exclude_seen else None
-                ranks = full_ranking_ranks(fn, rows, targets, self.ds.num_items,
-                                           batch_size=self.tcfg.eval_batch_size, exclude=seen,
-                                           ties=self.tcfg.ties, progress=self.eval_bars,
-                                           topk=topk)
+                # scores = user_states @ item table, swept in bounded blocks (never the whole
+                # (batch, N + 1) score block); under the score_fn's autocast, so the ranks
+                # are those full_ranking_ranks(self._score_fn(hist), ...) gives
+                with self._autocast():
+                    table = self.model.item_embeddings()
+                    ranks = full_ranking_ranks_factored(
+                        lambda r: self.user_states(r.numpy(), hist), table, rows, targets,
+                        self.ds.num_items, batch_size=self.tcfg.eval_batch_size,
+                        exclude=seen, ties=self.tcfg.ties, progress=self.eval_bars, topk=topk)
                 if topk:
                     ranks, top = ranks
                     return ranks, rows, top
             else:
+                fn = self._score_fn(hist)
                 # negatives avoid the user's evaluation sequence (history + target), SPEC §6
                 histories = [self.view.items[self.starts[r]:self.starts[r] + hist[r] + 1]
                              for r in rows]
