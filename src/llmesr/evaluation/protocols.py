@@ -128,6 +128,19 @@ def _empty_ranks(ties: str) -> np.ndarray:
 # full-catalogue ranking
 
 
+def _check_full(users: np.ndarray, targets: np.ndarray, num_items: int, batch_size: int,
+                exclude: Sequence[np.ndarray] | None, ties: str, topk: int
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """The arguments both full-ranking drivers share, checked; the cases as arrays."""
+    check_ties(ties)
+    users, targets = _check_cases(users, targets, num_items, batch_size)
+    if topk < 0 or topk > num_items:
+        raise LlmesrError(f"topk must be in 0..{num_items}; got {topk}")
+    if exclude is not None and len(exclude) != len(users):
+        raise ValueError(f"exclude has {len(exclude)} entries for {len(users)} cases")
+    return users, targets
+
+
 def full_ranking_ranks(score_fn: ScoreFn, users: np.ndarray, targets: np.ndarray,
                        num_items: int, *, batch_size: int = 1024,
                        exclude: Sequence[np.ndarray] | None = None,
@@ -155,13 +168,8 @@ def full_ranking_ranks(score_fn: ScoreFn, users: np.ndarray, targets: np.ndarray
         (n,) int64 ranks (float64 for ties="average"); with ``topk``, also the (n, topk)
         int64 item ids.
     """
-    check_ties(ties)
-    users, targets = _check_cases(users, targets, num_items, batch_size)
-    if topk < 0 or topk > num_items:
-        raise LlmesrError(f"topk must be in 0..{num_items}; got {topk}")
+    users, targets = _check_full(users, targets, num_items, batch_size, exclude, ties, topk)
     n = len(users)
-    if exclude is not None and len(exclude) != n:
-        raise ValueError(f"exclude has {len(exclude)} entries for {n} cases")
     if n == 0:
         empty = _empty_ranks(ties)
         return (empty, np.zeros((0, topk), dtype=np.int64)) if topk else empty
@@ -518,13 +526,8 @@ def full_ranking_ranks_factored(states_fn: StatesFn, items: torch.Tensor, users:
         (n,) int64 ranks (float64 for ties="average"); with ``topk``, also the (n, topk)
         int64 item ids.
     """
-    check_ties(ties)
-    users, targets = _check_cases(users, targets, num_items, batch_size)
-    if topk < 0 or topk > num_items:
-        raise LlmesrError(f"topk must be in 0..{num_items}; got {topk}")
+    users, targets = _check_full(users, targets, num_items, batch_size, exclude, ties, topk)
     n = len(users)
-    if exclude is not None and len(exclude) != n:
-        raise ValueError(f"exclude has {len(exclude)} entries for {n} cases")
     if not isinstance(items, torch.Tensor) or items.dim() != 2 or \
             items.shape[0] < num_items + 1 or not items.is_floating_point():
         got = (f"{tuple(items.shape)} {items.dtype}" if isinstance(items, torch.Tensor)
