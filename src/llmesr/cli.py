@@ -561,14 +561,26 @@ def cmd_train(args: argparse.Namespace) -> int:
         overrides["seed"] = str(args.seed)
     if args.epochs is not None:
         overrides["epochs"] = str(args.epochs)
+    from llmesr.training import distributed as ddp
+
     mcfg, tcfg = build_configs(args.preset, args.backbone, args.model, overrides,
                                config=args.config)
-    trainer = Trainer(args.dir, mcfg, tcfg, args.out, embeddings=args.embeddings,
-                      resume=args.resume, overwrite=args.overwrite, progress=not args.quiet,
-                      log=(lambda *a, **k: None) if args.quiet else print)
-    metrics = trainer.fit()
-    if not args.quiet:
-        print(format_metrics(metrics))
+    # under torchrun: join the process group (DDP; rank 0 writes the run directory)
+    ddp.init_from_env(tcfg.device)
+    try:
+        trainer = Trainer(args.dir, mcfg, tcfg, args.out, embeddings=args.embeddings,
+                          resume=args.resume, overwrite=args.overwrite,
+                          progress=not args.quiet,
+                          log=(lambda *a, **k: None) if args.quiet else print)
+        if trainer.world > 1:
+            trainer.log(f"distributed: {trainer.world} processes "
+                        f"({'nccl' if trainer.device.type == 'cuda' else 'gloo'}), global batch "
+                        f"{tcfg.batch_size}")
+        metrics = trainer.fit()
+        if not args.quiet and trainer.rank == 0:
+            print(format_metrics(metrics))
+    finally:
+        ddp.shutdown()
     return 0
 
 

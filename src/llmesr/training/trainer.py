@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 from tqdm.auto import tqdm
 
 from llmesr.data.artifact import SequenceDataset, load_dataset
@@ -39,6 +40,7 @@ from llmesr.models.distill import SelfDistillation
 from llmesr.models.recommender import SequentialRecommender
 from llmesr.models.views import densify_grads
 from llmesr.serving.bundle import write_bundle
+from llmesr.training import distributed as ddp
 from llmesr.training.batches import BatchBuilder, TrainView, eval_inputs, to_tensors
 from llmesr.training.checkpoint import (checkpoint_complete, clear_run, load_training_state,
                                         load_weights, run_progress, save_training_state,
@@ -166,6 +168,20 @@ def load_semantic(folder: Path | None, needs: bool, *, num_items: int | None = N
     return llm, pca, nbrs
 
 
+class _StepLoss(nn.Module):
+    """A training step's whole loss as one ``forward`` (the model is its only submodule),
+    so that ``DistributedDataParallel`` sees one forward per backward however many passes
+    (length groups, student, teachers) the step makes."""
+
+    def __init__(self, trainer: "Trainer"):
+        super().__init__()
+        self.model = trainer.model
+        self._loss = trainer._loss
+
+    def forward(self, t: dict[str, torch.Tensor], n_total: int, b_total: int):
+        return self._loss(t, n_total, b_total)
+
+
 class Trainer:
     #: progress bars while ranking in evaluate() (evaluate_run turns them on)
     eval_bars = False
@@ -177,7 +193,11 @@ class Trainer:
         self.data_dir = Path(data_dir)
         self.run_dir = Path(run_dir)
         self.mcfg, self.tcfg = mcfg, tcfg
-        self.progress, self.log = progress, log
+        #: under torchrun: this process's rank and the number of processes (see
+        #: llmesr.training.distributed); rank 0 alone writes files, logs and shows bars
+        self.rank, self.world = ddp.rank(), ddp.world_size()
+        self.progress = progress and self.rank == 0
+        self.log = log if self.rank == 0 else (lambda *a, **k: None)
         #: called as on_epoch(epoch, validation metrics) after each epoch is saved; it may raise
         #: to stop training (llmesr tune prunes trials this way)
         self.on_epoch = on_epoch
@@ -220,16 +240,31 @@ class Trainer:
         if self.use_sd and nbrs is None:
             raise LlmesrError("self-distillation needs similar users (neighbors.npy); run "
                               "'llmesr embed' with --neighbors, or set alpha=0")
-        self.device = resolve_device(tcfg.device)
-        torch.manual_seed(tcfg.seed)
+        self.device = ddp.device_for(resolve_device(tcfg.device))
+        torch.manual_seed(tcfg.seed)     # the same initial weights on every rank
         self.rng = np.random.default_rng(tcfg.seed)
         self.model = SequentialRecommender(mcfg, self.ds.num_items, llm, pca).to(self.device)
         if self.model.co is not None:
-            self.model.co.sparse_grads = True     # densified before each Adam step
+            # densified before each Adam step; under DDP dense, as its buckets are
+            self.model.co.sparse_grads = self.world == 1
         self.llm_dim = None if llm is None else int(llm.shape[1])
         self.pca_dim = None if pca is None else int(pca.shape[1])
         params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.Adam(params, lr=tcfg.lr, weight_decay=tcfg.weight_decay)
+        #: the step's loss as one module call: DDP needs one forward per backward
+        self.step_loss: nn.Module = _StepLoss(self)
+        if self.world > 1 and not evaluate_only:
+            import inspect
+
+            from torch.nn.parallel import DistributedDataParallel
+            # buffers (the frozen LLM table, the PCA start of co_dropout, the popularity
+            # distribution) never change in training: not broadcast at each step (the
+            # keyword was renamed in torch 2.13)
+            no_sync = ("forward_sync_buffers" if "forward_sync_buffers" in inspect.signature(
+                DistributedDataParallel.__init__).parameters else "broadcast_buffers")
+            self.step_loss = DistributedDataParallel(
+                self.step_loss, **{no_sync: False},
+                device_ids=[self.device.index] if self.device.type == "cuda" else None)
         # a small dataset may have fewer neighbours per user than sd_teachers
         teachers = min(mcfg.sd_teachers, nbrs.shape[1]) if self.use_sd else 0
         self.distill = SelfDistillation(teachers, mcfg.teacher_dropout) if self.use_sd else None
@@ -301,6 +336,9 @@ class Trainer:
         self.model.eval()
         with torch.no_grad():
             if protocol == "full":
+                if self.world > 1:      # each rank ranks its share; gathered in order below
+                    part = ddp.share(len(rows), self.rank, self.world)
+                    rows, targets = rows[part], targets[part]
                 # the input history's items, when they are not candidates (exclude_seen)
                 seen = [self.view.items[self.starts[r]:self.starts[r] + hist[r]]
                         for r in rows] if self.exclude_seen else None
@@ -315,7 +353,8 @@ class Trainer:
                         exclude=seen, ties=self.tcfg.ties, progress=self.eval_bars, topk=topk)
                 if topk:
                     ranks, top = ranks
-                    return ranks, rows, top
+                    return ddp.gather_concat(ranks, rows, top)
+                return ddp.gather_concat(ranks, rows)
             else:
                 fn = self._score_fn(hist)
                 # negatives avoid the user's evaluation sequence (history + target), SPEC §6
@@ -359,8 +398,47 @@ class Trainer:
                 for idx, w in plan_chunks(lengths, max_rows=self.row_chunk)]
 
     def _step(self, batch: dict[str, np.ndarray]) -> dict[str, float]:
+        # the global batch's counts: the single-process loss is a mean over them
+        totals = (int((batch["target"] > 0).sum()), len(batch["rows"]))
+        if self.world > 1:
+            batch = self._rank_share(batch)
         t = to_tensors(self.device, **{k: v for k, v in batch.items() if k != "rows"})
+        loss, parts = self.step_loss(t, *totals)
+        return self.update(loss, parts)
+
+    def _rank_share(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """This rank's contiguous share of a global batch's users (their teachers too)."""
+        part = ddp.share(len(batch["rows"]), self.rank, self.world)
+        out = {}
+        for k, v in batch.items():
+            if k.startswith("teacher_"):
+                k_per = len(v) // max(len(batch["rows"]), 1)
+                out[k] = v[part.start * k_per:part.stop * k_per]
+            else:
+                out[k] = v[part]
+        return out
+
+    def _loss(self, t: dict[str, torch.Tensor], n_total: int, b_total: int
+              ) -> tuple[torch.Tensor, dict[str, float]]:
+        """The loss to back-propagate on this rank's share ``t`` of a global batch with
+        ``n_total`` targets and ``b_total`` users, and each part's share of the global
+        batch's loss (``parts``; summed over the ranks they are the single-process values).
+
+        Each part is a mean over this rank's targets (users, for the self-distillation),
+        weighted by this rank's share of the global count and multiplied by the world size,
+        which DDP's gradient average divides out again: one process gets the plain loss.
+        """
         seq, pos, target, neg = t["seq"], t["pos"], t["target"], t["neg"]
+        if len(seq) == 0:   # a last batch smaller than the world: join the gradient average
+            zero = sum(p.sum() for p in self.model.parameters() if p.requires_grad) * 0.0
+            parts = {"rec": 0.0, "loss": 0.0}
+            if self.distill is not None:
+                parts["sd"] = 0.0
+            if self.mcfg.item_reg:
+                parts["reg"] = 0.0
+            return zero, parts
+        w_rec = float((target > 0).sum()) / max(n_total, 1)
+        w_sd = len(seq) / max(b_total, 1)
         with self._autocast():
             us, ps, ns, students, rows = [], [], [], [], []
             for idx, w in self._chunks(seq):
@@ -377,29 +455,33 @@ class Trainer:
                                     else self.model.user_state(s, p))
                     rows.append(idx)
             rec = self.model.rec_loss_flat(torch.cat(us), torch.cat(ps), torch.cat(ns))
-            loss = rec
-            parts = {"rec": float(rec.detach())}
+            loss = w_rec * rec
+            parts = {"rec": w_rec * float(rec.detach())}
             if self.distill is not None:
                 student = torch.empty(len(seq), self.model.state_dim, device=seq.device,
                                       dtype=students[0].dtype)
                 student[torch.cat(rows)] = torch.cat(students)
                 sd = self.distill(self.model, seq, pos, t["teacher_seq"], t["teacher_pos"],
                                   student=student)
-                loss = loss + self.mcfg.alpha * sd
-                parts["sd"] = float(sd.detach())
+                loss = loss + self.mcfg.alpha * w_sd * sd
+                parts["sd"] = w_sd * float(sd.detach())
             if self.mcfg.item_reg:
+                # over the distinct items of this rank's share (not decomposable: with
+                # several ranks, the mean of their values)
                 reg = self.model.item_reg_loss(seq)
-                loss = loss + self.mcfg.beta * reg
-                parts["reg"] = float(reg.detach())
-        return self.update(loss, parts)
+                loss = loss + self.mcfg.beta / self.world * reg
+                parts["reg"] = float(reg.detach()) / self.world
+        parts["loss"] = float(loss.detach())
+        return loss * self.world, parts
 
     def update(self, loss: torch.Tensor, parts: dict[str, float]) -> dict[str, float]:
-        """One optimiser step on ``loss``; returns ``parts`` with the total as ``loss``."""
+        """One optimiser step on ``loss``; returns ``parts`` (with the total as ``loss``
+        when it is missing)."""
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         densify_grads(self.model.parameters())
         self.optimizer.step()
-        parts["loss"] = float(loss.detach())
+        parts.setdefault("loss", float(loss.detach()))
         return parts
 
     def fit(self) -> dict[str, Any]:
@@ -410,6 +492,11 @@ class Trainer:
             raise
 
     def _discard_failed_start(self) -> None:
+        if self.rank != 0:
+            return
+        self._discard_failed_start_files()
+
+    def _discard_failed_start_files(self) -> None:
         """After a failure before the first checkpoint, remove what this run wrote into a
         folder that was missing or empty (or held only a failed start), so that the next try
         is not blocked; a run with a checkpoint is kept for --resume."""
@@ -427,23 +514,34 @@ class Trainer:
                 break
 
     def _fit(self) -> dict[str, Any]:
-        if self._fresh:
-            clear_run(self.run_dir)
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        self._write_config()
-        write_bundle(self.run_dir, self.data_dir, self.sem_dir)   # serving needs only run_dir
+        main = self.rank == 0
+        ddp.barrier()        # every rank has checked the run directory before rank 0 writes
+        if main:
+            if self._fresh:
+                clear_run(self.run_dir)
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            self._write_config()
+            write_bundle(self.run_dir, self.data_dir, self.sem_dir)  # serving: run_dir alone
         state = {"epoch": 0, "best_score": -1.0, "best_epoch": 0, "bad_epochs": 0,
                  "train_seconds": 0.0, "history": []}
         if self.resume:
-            state = load_training_state(self.run_dir / "checkpoint", self.model,
-                                        self.optimizer, self.rng)
-            trim_train_log(self.run_dir / "train_log.csv", state["epoch"])
+            for turn in (0, 1):  # rank 0 first: it may recover an interrupted save
+                if (self.rank == 0) == (turn == 0):
+                    state = load_training_state(self.run_dir / "checkpoint", self.model,
+                                                self.optimizer, self.rng)
+                ddp.barrier()
+            if main:
+                trim_train_log(self.run_dir / "train_log.csv", state["epoch"])
             self.log(f"resuming after epoch {state['epoch']}")
-        writer = self._tensorboard()
+        writer = self._tensorboard() if main else None
         bs = self.tcfg.batch_size
         while state["epoch"] < self.tcfg.epochs and state["bad_epochs"] < self.tcfg.patience:
             epoch = state["epoch"] + 1
             self.model.train()
+            if self.world > 1:
+                # each rank its own dropout masks, the same after a resume
+                torch.manual_seed(int(np.random.SeedSequence(
+                    [self.tcfg.seed, epoch, self.rank]).generate_state(1)[0]))
             t0 = time.perf_counter()
             samples = self.builder.epoch_samples()
             sums: dict[str, float] = {}
@@ -455,7 +553,9 @@ class Trainer:
                 for k, v in parts.items():
                     sums[k] = sums.get(k, 0.0) + v
                 steps += 1
-                bar.set_postfix(loss=f"{sums['loss'] / steps:.4f}")
+                # (this rank's share of the loss, times the world: about the whole's)
+                bar.set_postfix(loss=f"{sums['loss'] * self.world / steps:.4f}")
+            sums = ddp.sum_floats(sums)     # each rank holds its share of each step's loss
             train_time = time.perf_counter() - t0
             t1 = time.perf_counter()
             ranks, _ = self.evaluate("valid", self.tcfg.valid_protocol, epoch)
@@ -465,7 +565,8 @@ class Trainer:
             improved = score > state["best_score"]     # strictly better, as the paper
             if improved:
                 state.update(best_score=score, best_epoch=epoch, bad_epochs=0)
-                save_weights(self.model, self.run_dir / "model.safetensors")
+                if main:
+                    save_weights(self.model, self.run_dir / "model.safetensors")
             else:
                 state["bad_epochs"] += 1
             state["epoch"] = epoch
@@ -475,7 +576,8 @@ class Trainer:
                    "train_seconds": round(train_time, 2), "eval_seconds": round(eval_time, 2),
                    "best": improved}
             state["history"].append(row)
-            self._append_csv(row)
+            if main:
+                self._append_csv(row)
             if writer is not None:
                 for k, v in row.items():
                     if isinstance(v, (int, float)) and k != "epoch":
@@ -484,8 +586,10 @@ class Trainer:
             self.log(f"epoch {epoch}: loss {row['loss']:.4f}  valid NDCG@10 {score:.4f}  "
                      f"HR@10 {valid['HR@10']:.4f}{'  *' if improved else ''}  "
                      f"({train_time:.1f} s + {eval_time:.1f} s eval)")
-            save_training_state(self.run_dir / "checkpoint", self.model, self.optimizer, state,
-                                self.rng)
+            if main:
+                save_training_state(self.run_dir / "checkpoint", self.model, self.optimizer,
+                                    state, self.rng)
+            ddp.barrier()    # the checkpoint (and best weights) are on disk for every rank
             if self.on_epoch is not None:
                 try:
                     self.on_epoch(epoch, valid)
@@ -514,7 +618,8 @@ class Trainer:
             else:
                 ranks, rows = self.evaluate("test", protocol, epoch=state["best_epoch"])
             metrics["test"][protocol] = self.grouped(ranks, rows, self.test_targets)
-            _save_npy(self.run_dir / f"ranks_test_{protocol}.npy", ranks)
+            if self.rank == 0:
+                _save_npy(self.run_dir / f"ranks_test_{protocol}.npy", ranks)
         vranks, vrows = self.evaluate("valid", self.tcfg.valid_protocol, state["best_epoch"])
         metrics["valid"][self.tcfg.valid_protocol] = self.grouped(vranks, vrows,
                                                                   self.valid_targets)
@@ -525,8 +630,10 @@ class Trainer:
                                    "sampled_negatives": 100,
                                    "negatives": "redrawn" if self.tcfg.resample_negatives
                                    else "fixed per seed"})
-        _save_npy(self.run_dir / "ranks_test_users.npy", self.test_rows + 1)
-        write_json_atomic(self.run_dir / "metrics.json", metrics)
+        if self.rank == 0:
+            _save_npy(self.run_dir / "ranks_test_users.npy", self.test_rows + 1)
+            write_json_atomic(self.run_dir / "metrics.json", metrics)
+        ddp.barrier()
         return metrics
 
     # ---- files -----------------------------------------------------------------------------
