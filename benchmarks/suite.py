@@ -22,13 +22,20 @@ beauty-s3rec. The JSON (stdout, and ``--out``) holds, all measured in this one p
 - ``embed``: item texts per second through the bundled all-MiniLM-L6-v2 encoder;
 - ``train_process``: wall seconds and peak resident memory of a real ``llmesr train`` process
   (paper preset, LLM-ESR, SASRec, one epoch with its validation and the test evaluation);
+- ``ddp`` (``--ddp MODEL ...``): one training epoch of each model (default preset, SASRec)
+  as ``llmesr train`` in one process with ``--threads`` threads against ``torchrun
+  --nproc_per_node P`` processes with ``threads / P`` threads each (P = ``--ddp-procs``),
+  the same global batch: the epoch's training seconds (train_log.csv) and the wall time;
 - ``peak_rss_mib`` of the process (and ``cuda_peak_mib`` on CUDA).
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
+import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -166,6 +173,37 @@ def embed_speed(data: str, n: int, device: torch.device) -> dict:
             "seconds": round(seconds, 2), "texts_per_second": round(len(texts) / seconds, 1)}
 
 
+def ddp_speed(data: str, models: list[str], procs: int, threads: int, device: str) -> list:
+    """One epoch per model: one process x ``threads`` against ``procs`` x threads/procs."""
+    out = []
+    for model in models:
+        row = {"model": model, "preset": "default", "backbone": "sasrec"}
+        for label, nproc in (("one_process", 1), ("torchrun", procs)):
+            per = max(threads // nproc, 1)
+            env = {**os.environ, "OMP_NUM_THREADS": str(per), "HF_HUB_OFFLINE": "1"}
+            with tempfile.TemporaryDirectory() as run:
+                launch = ([sys.executable, "-m", "llmesr"] if nproc == 1 else
+                          [sys.executable, "-m", "torch.distributed.run", "--standalone",
+                           "--nproc_per_node", str(nproc), "-m", "llmesr"])
+                cmd = [*launch, "train", data, "--model", model, "--epochs", "1",
+                       "--set", f"device={device}", "--out", run, "--quiet"]
+                t0 = time.perf_counter()
+                p = subprocess.run(cmd, env=env, capture_output=True, text=True)
+                wall = time.perf_counter() - t0
+                if p.returncode != 0:
+                    raise SystemExit(f"{' '.join(cmd)} failed:\n{p.stderr[-3000:]}")
+                with open(Path(run) / "train_log.csv") as f:
+                    log = list(csv.DictReader(f))[0]
+            row[label] = {"processes": nproc, "threads_each": per,
+                          "epoch_train_seconds": float(log["train_seconds"]),
+                          "valid_eval_seconds": float(log["eval_seconds"]),
+                          "wall_seconds": round(wall, 1), "loss": float(log["loss"])}
+        row["speedup"] = round(row["one_process"]["epoch_train_seconds"]
+                               / row["torchrun"]["epoch_train_seconds"], 2)
+        out.append(row)
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("data")
@@ -181,6 +219,9 @@ def main() -> None:
     ap.add_argument("--embed-texts", type=int, default=2000, help="0 = skip")
     ap.add_argument("--no-train-process", dest="train_process", action="store_false",
                     help="skip the one-epoch `llmesr train` process (time and peak memory)")
+    ap.add_argument("--ddp", nargs="*", default=[], metavar="MODEL",
+                    help="time one epoch of these models in one process and under torchrun")
+    ap.add_argument("--ddp-procs", type=int, default=2)
     args = parse_with_runtime(ap)
     device = resolve_device(args.device)
     peak = peak_matmul(device)
@@ -206,6 +247,9 @@ def main() -> None:
                 ["train", args.data, "--preset", "paper", "--model", "llmesr", "--epochs", "1",
                  "--set", f"device={args.device}", "--out", run, "--overwrite", "--quiet"],
                 threads=torch.get_num_threads())
+    if args.ddp:
+        result["ddp"] = ddp_speed(args.data, args.ddp, args.ddp_procs,
+                                  torch.get_num_threads(), args.device)
     if device.type == "cuda":
         result["cuda_peak_mib"] = round(torch.cuda.max_memory_allocated(device) / 2 ** 20, 1)
         result["gpu"] = torch.cuda.get_device_name(device)
