@@ -37,11 +37,13 @@ def test_full_softmax_ce_hand_computed():
 
 
 @pytest.mark.parametrize("budget", [1 << 24, 7, 1])    # kept softmax; recomputed row blocks
-def test_full_softmax_ce_equals_materialised(budget):
+# float32: the reused workspaces; float64: the freshly allocated blocks
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_full_softmax_ce_equals_materialised(budget, dtype):
     g = torch.Generator().manual_seed(0)
     n, items, h = 13, 11, 5
-    u0 = torch.randn(n, h, generator=g, dtype=torch.float64)
-    t0 = torch.randn(items + 2, h, generator=g, dtype=torch.float64)
+    u0 = torch.randn(n, h, generator=g, dtype=dtype)
+    t0 = torch.randn(items + 2, h, generator=g, dtype=dtype)
     target = torch.randint(1, items + 1, (n,), generator=g)
     u1, t1 = u0.clone().requires_grad_(), t0.clone().requires_grad_()
     got = losses.full_softmax_ce(u1, t1, target, items, budget=budget)
@@ -54,6 +56,36 @@ def test_full_softmax_ce_equals_materialised(budget):
     torch.testing.assert_close(u1.grad, u2.grad, rtol=1e-5, atol=1e-6, check_dtype=False)
     torch.testing.assert_close(t1.grad, t2.grad, rtol=1e-5, atol=1e-6, check_dtype=False)
     assert float(t1.grad[0].abs().sum()) == 0 and float(t1.grad[-1].abs().sum()) == 0
+
+
+def test_full_softmax_ce_losses_in_flight_keep_their_own_blocks():
+    """Several CE losses before one backward (view_aux_loss) must not share a workspace,
+    and a block given back is reused by the next step."""
+    g = torch.Generator().manual_seed(1)
+    n, items, h = 9, 17, 4
+    base_u = torch.randn(n, h, generator=g)
+    base_t = torch.randn(items + 2, h, generator=g)
+    target = torch.randint(1, items + 1, (n,), generator=g)
+    scales = (1.0, -2.0, 0.5)
+
+    def run(fused: bool):
+        u, t = base_u.clone().requires_grad_(), base_t.clone().requires_grad_()
+        if fused:
+            total = sum(losses.full_softmax_ce(u * c, t, target, items) for c in scales)
+        else:
+            total = sum(F.cross_entropy((u * c) @ t[1:items + 1].T, target - 1) for c in scales)
+        total.backward()
+        return float(total.detach()), u.grad, t.grad
+
+    got, want = run(True), run(False)
+    assert got[0] == pytest.approx(want[0], rel=1e-5)
+    torch.testing.assert_close(got[1], want[1], rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(got[2], want[2], rtol=1e-4, atol=1e-6)
+    pool = losses._WORKSPACES.free[torch.device("cpu")]
+    assert len(pool) >= len(scales)            # each loss's block came back
+    before = [b.data_ptr() for b in pool]
+    run(True)
+    assert sorted(b.data_ptr() for b in pool) == sorted(before)   # reused, none new
 
 
 def test_sampled_softmax_logq_formula():
