@@ -165,3 +165,34 @@ def test_exclude_seen_auto_follows_the_data(beauty_subset, tmp_path, monkeypatch
     monkeypatch.setattr(SequenceDataset, "has_repeats", property(lambda self: True))
     assert _train(beauty_subset, tmp_path / "d", "id").exclude_seen is False
     assert _train(beauty_subset, tmp_path / "e", "id", exclude_seen="true").exclude_seen is True
+
+
+def _log_values(run, key):
+    return [float(r[key]) for r in csv.DictReader(open(run / "train_log.csv"))]
+
+
+def test_teacher_cache_refreshed_each_step_equals_exact_teachers(beauty_subset, tmp_path):
+    # no dropout: a cache recomputed before every step holds the exact teachers' states
+    over = {"dropout": 0, "epochs": 1}
+    _train(beauty_subset, tmp_path / "exact", **over).fit()
+    tr = _train(beauty_subset, tmp_path / "cached", teacher_cache=1, **over)
+    tr.fit()
+    # (after fit: building a batch draws negatives from the run's generator)
+    assert "teacher_seq" not in tr.builder.train_batch(np.arange(4))   # rows, not histories
+    for key in ("loss", "rec", "sd", "valid_NDCG@10"):
+        np.testing.assert_allclose(_log_values(tmp_path / "cached", key),
+                                   _log_values(tmp_path / "exact", key), rtol=1e-4, atol=1e-7)
+
+
+def test_teacher_cache_once_an_epoch(beauty_subset, tmp_path):
+    tr = _train(beauty_subset, tmp_path / "run", teacher_cache=-1, epochs=2)
+    calls = []
+    real = tr.refresh_teachers
+    tr.refresh_teachers = lambda: (calls.append(1), real())[1]
+    tr.fit()
+    assert len(calls) == 2                       # once at the start of each epoch
+    assert tr._teachers.shape == (USERS, tr.model.state_dim)
+    sd = _log_values(tmp_path / "run", "sd")
+    assert all(v > 0 and np.isfinite(v) for v in sd)
+    _train(beauty_subset, tmp_path / "exact", epochs=2).fit()
+    assert sd != _log_values(tmp_path / "exact", "sd")   # stale teachers: another loss

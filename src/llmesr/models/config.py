@@ -70,6 +70,11 @@ class ModelConfig:
     #: are targets, and dropout only adds noise to them (and cost: drawing the attention
     #: dropout masks of B * K sequences makes their forward pass slower on CPU).
     teacher_dropout: bool = False
+    #: reuse the teachers' states (not in the paper): 0 = exact, each step's teachers run
+    #: with the step's weights (the paper); -1 = every user's state computed once at the
+    #: start of each epoch and looked up; K > 0 = the same, recomputed every K steps too.
+    #: One pass over the users replaces B * K teacher histories a step.
+    teacher_cache: int = 0
     #: simulated cold start (not in the paper): in training, each lookup of an item's
     #: collaborative row is replaced by its PCA initialisation with this probability, so the
     #: model learns to score items whose row never trained (items added later by text).
@@ -188,6 +193,7 @@ MODEL_FIELDS: dict[str, Setting] = {
     "alpha": Float(0),
     "sd_teachers": Int(1),
     "teacher_dropout": Bool(),
+    "teacher_cache": Int(-1),
     "co_dropout": Float(0, 1, high_open=True),
     "view_aux_loss": Float(0),
     "item_reg": Bool(),

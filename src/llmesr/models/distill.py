@@ -36,6 +36,17 @@ class SelfDistillation(nn.Module):
         """
         if student is None:
             student = model.user_state(seq, pos)
+        return self.loss(student, self.teacher_states(model, teacher_seq, teacher_pos))
+
+    @staticmethod
+    def loss(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+        """MSE of the students (B, H) against the mean of their teachers (B, K, H)."""
+        return F.mse_loss(student.float(), teacher.float().mean(dim=1))
+
+    def teacher_states(self, model: nn.Module, teacher_seq: torch.Tensor,
+                       teacher_pos: torch.Tensor) -> torch.Tensor:
+        """The teachers' states (B * K histories -> (B, K, H)), without autograd, in eval
+        mode unless ``teacher_dropout``."""
         was_training = model.training
         if not self.teacher_dropout:
             model.eval()
@@ -44,5 +55,4 @@ class SelfDistillation(nn.Module):
                 teacher = self._teacher_states(model, teacher_seq, teacher_pos)
         finally:
             model.train(was_training)
-        teacher = teacher.view(len(seq), self.teachers, teacher.shape[-1]).mean(dim=1)
-        return F.mse_loss(student.float(), teacher.float())
+        return teacher.view(-1, self.teachers, teacher.shape[-1])

@@ -92,7 +92,7 @@ class BatchBuilder:
 
     def __init__(self, view: TrainView, backbone: str, max_len: int, rng: np.random.Generator,
                  neighbors: np.ndarray | None = None, teachers: int = 10,
-                 mask_prob: float = 0.6):
+                 mask_prob: float = 0.6, teacher_inputs: bool = True):
         self.v = view
         self.backbone = backbone
         self.max_len = max_len
@@ -101,6 +101,9 @@ class BatchBuilder:
         self.neighbors = None if neighbors is None else neighbors[:, :teachers]
         self.mask_prob = mask_prob
         self.mask_token = view.num_items + 1
+        #: build the teachers' histories (False: only their user rows, ``teacher_rows``, for
+        #: a trainer that looks their states up in a cache)
+        self.teacher_inputs = teacher_inputs
 
     def epoch_samples(self) -> np.ndarray:
         """Sample ids for one epoch: users (SASRec/GRU) or 2U user/kind pairs (Bert4Rec)."""
@@ -137,9 +140,11 @@ class BatchBuilder:
                 target[:, -1] = self.v.items[s + self.v.train_len[rows] - 1]
             out = {"seq": seq, "pos": pos, "target": target}
         out["neg"] = self._negatives(rows, out["target"])
-        if self.neighbors is not None:
+        if self.neighbors is not None and self.teacher_inputs:
             t_rows = self.neighbors[rows].ravel()
             out["teacher_seq"], out["teacher_pos"] = self.inputs(t_rows)
+        elif self.neighbors is not None:
+            out["teacher_rows"] = self.neighbors[rows]                 # (B, K)
         out["rows"] = rows
         return out
 

@@ -268,6 +268,9 @@ class Trainer:
         # a small dataset may have fewer neighbours per user than sd_teachers
         teachers = min(mcfg.sd_teachers, nbrs.shape[1]) if self.use_sd else 0
         self.distill = SelfDistillation(teachers, mcfg.teacher_dropout) if self.use_sd else None
+        #: teacher_cache (ModelConfig): every user's state, looked up as a teacher
+        self.teacher_cache = mcfg.teacher_cache if self.use_sd else 0
+        self._teachers: torch.Tensor | None = None
         self.view = TrainView.of(self.ds)
         # the popularity distribution of the popularity / in-batch samplers (losses.py)
         _, train_items = self.view.owned(np.arange(len(self.view.train_len)))
@@ -275,7 +278,8 @@ class Trainer:
         self.row_chunk = 512     # at most this many rows per length group (see _chunks)
         self.builder = BatchBuilder(self.view, mcfg.backbone, mcfg.max_len, self.rng,
                                     neighbors=nbrs if self.use_sd else None,
-                                    teachers=teachers, mask_prob=mcfg.mask_prob)
+                                    teachers=teachers, mask_prob=mcfg.mask_prob,
+                                    teacher_inputs=not self.teacher_cache)
         self._eval_setup()
 
     # ---- evaluation ------------------------------------------------------------------------
@@ -461,8 +465,11 @@ class Trainer:
                 student = torch.empty(len(seq), self.model.state_dim, device=seq.device,
                                       dtype=students[0].dtype)
                 student[torch.cat(rows)] = torch.cat(students)
-                sd = self.distill(self.model, seq, pos, t["teacher_seq"], t["teacher_pos"],
-                                  student=student)
+                if self.teacher_cache:
+                    sd = self.distill.loss(student, self._teachers[t["teacher_rows"]])
+                else:
+                    sd = self.distill(self.model, seq, pos, t["teacher_seq"],
+                                      t["teacher_pos"], student=student)
                 loss = loss + self.mcfg.alpha * w_sd * sd
                 parts["sd"] = w_sd * float(sd.detach())
             if self.mcfg.item_reg:
@@ -473,6 +480,32 @@ class Trainer:
                 parts["reg"] = float(reg.detach()) / self.world
         parts["loss"] = float(loss.detach())
         return loss * self.world, parts
+
+    def refresh_teachers(self, chunk: int = 8192) -> None:
+        """Every user's state from its training input (the teachers' input), with the
+        current weights, into the teacher cache (``teacher_cache``); under DDP each rank
+        computes a share and the shares are gathered."""
+        users = np.arange(len(self.view.train_len))
+        if self.world > 1:
+            users = users[ddp.share(len(users), self.rank, self.world)]
+        was_training = self.model.training
+        self.model.train(self.mcfg.teacher_dropout)
+        parts = []
+        try:
+            with torch.no_grad(), self._autocast():
+                for c0 in range(0, len(users), chunk):
+                    seq, pos = self.builder.inputs(users[c0:c0 + chunk])
+                    t = to_tensors(self.device, seq=seq, pos=pos)
+                    parts.append(self.model.user_states_grouped(
+                        t["seq"], t["pos"], max_rows=self.distill.chunk).float())
+        finally:
+            self.model.train(was_training)
+        mine = torch.cat(parts) if parts else torch.empty(0, self.model.state_dim,
+                                                          device=self.device)
+        if self.world > 1:
+            (mine,) = ddp.gather_concat(mine.cpu().numpy())
+            mine = torch.from_numpy(mine).to(self.device)
+        self._teachers = mine
 
     def update(self, loss: torch.Tensor, parts: dict[str, float]) -> dict[str, float]:
         """One optimiser step on ``loss``; returns ``parts`` (with the total as ``loss``
@@ -549,6 +582,9 @@ class Trainer:
             bar = tqdm(range(0, len(samples), bs), desc=f"epoch {epoch}", unit="step",
                        disable=not self.progress, dynamic_ncols=True, leave=False)
             for start in bar:
+                if self.teacher_cache and (steps == 0 or (
+                        self.teacher_cache > 0 and steps % self.teacher_cache == 0)):
+                    self.refresh_teachers()
                 parts = self._step(self.builder.train_batch(samples[start:start + bs]))
                 for k, v in parts.items():
                     sums[k] = sums.get(k, 0.0) + v
