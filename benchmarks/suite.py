@@ -26,6 +26,8 @@ beauty-s3rec. The JSON (stdout, and ``--out``) holds, all measured in this one p
   as ``llmesr train`` in one process with ``--threads`` threads against ``torchrun
   --nproc_per_node P`` processes with ``threads / P`` threads each (P = ``--ddp-procs``),
   the same global batch: the epoch's training seconds (train_log.csv) and the wall time;
+- ``teacher_cache`` (``--teachers PRESET ...``): one epoch of ``id`` and of LLM-ESR with
+  exact teachers (``teacher_cache=0``) and with the once-an-epoch cache (``-1``), SASRec;
 - ``peak_rss_mib`` of the process (and ``cuda_peak_mib`` on CUDA).
 """
 
@@ -173,33 +175,56 @@ def embed_speed(data: str, n: int, device: torch.device) -> dict:
             "seconds": round(seconds, 2), "texts_per_second": round(len(texts) / seconds, 1)}
 
 
+def epoch_run(data: str, train_args: list[str], nproc: int, threads: int) -> dict:
+    """One epoch of ``llmesr train DATA TRAIN_ARGS`` in a child (under torchrun with
+    ``nproc`` > 1 processes, ``threads`` / ``nproc`` threads each): the epoch's training and
+    validation seconds (train_log.csv), the wall time and the loss."""
+    per = max(threads // nproc, 1)
+    env = {**os.environ, "OMP_NUM_THREADS": str(per), "HF_HUB_OFFLINE": "1"}
+    with tempfile.TemporaryDirectory() as run:
+        launch = ([sys.executable, "-m", "llmesr"] if nproc == 1 else
+                  [sys.executable, "-m", "torch.distributed.run", "--standalone",
+                   "--nproc_per_node", str(nproc), "-m", "llmesr"])
+        cmd = [*launch, "train", data, *train_args, "--epochs", "1", "--out", run, "--quiet"]
+        t0 = time.perf_counter()
+        p = subprocess.run(cmd, env=env, capture_output=True, text=True)
+        wall = time.perf_counter() - t0
+        if p.returncode != 0:
+            raise SystemExit(f"{' '.join(cmd)} failed:\n{p.stderr[-3000:]}")
+        with open(Path(run) / "train_log.csv") as f:
+            log = list(csv.DictReader(f))[0]
+    return {"args": " ".join(train_args), "processes": nproc, "threads_each": per,
+            "epoch_train_seconds": float(log["train_seconds"]),
+            "valid_eval_seconds": float(log["eval_seconds"]),
+            "wall_seconds": round(wall, 1), "loss": float(log["loss"])}
+
+
 def ddp_speed(data: str, models: list[str], procs: int, threads: int, device: str) -> list:
     """One epoch per model: one process x ``threads`` against ``procs`` x threads/procs."""
     out = []
     for model in models:
-        row = {"model": model, "preset": "default", "backbone": "sasrec"}
-        for label, nproc in (("one_process", 1), ("torchrun", procs)):
-            per = max(threads // nproc, 1)
-            env = {**os.environ, "OMP_NUM_THREADS": str(per), "HF_HUB_OFFLINE": "1"}
-            with tempfile.TemporaryDirectory() as run:
-                launch = ([sys.executable, "-m", "llmesr"] if nproc == 1 else
-                          [sys.executable, "-m", "torch.distributed.run", "--standalone",
-                           "--nproc_per_node", str(nproc), "-m", "llmesr"])
-                cmd = [*launch, "train", data, "--model", model, "--epochs", "1",
-                       "--set", f"device={device}", "--out", run, "--quiet"]
-                t0 = time.perf_counter()
-                p = subprocess.run(cmd, env=env, capture_output=True, text=True)
-                wall = time.perf_counter() - t0
-                if p.returncode != 0:
-                    raise SystemExit(f"{' '.join(cmd)} failed:\n{p.stderr[-3000:]}")
-                with open(Path(run) / "train_log.csv") as f:
-                    log = list(csv.DictReader(f))[0]
-            row[label] = {"processes": nproc, "threads_each": per,
-                          "epoch_train_seconds": float(log["train_seconds"]),
-                          "valid_eval_seconds": float(log["eval_seconds"]),
-                          "wall_seconds": round(wall, 1), "loss": float(log["loss"])}
+        args = ["--model", model, "--set", f"device={device}"]
+        row = {"model": model, "preset": "default", "backbone": "sasrec",
+               "one_process": epoch_run(data, args, 1, threads),
+               "torchrun": epoch_run(data, args, procs, threads)}
         row["speedup"] = round(row["one_process"]["epoch_train_seconds"]
                                / row["torchrun"]["epoch_train_seconds"], 2)
+        out.append(row)
+    return out
+
+
+def teacher_speed(data: str, presets: list[str], threads: int, device: str) -> list:
+    """One epoch of LLM-ESR (SASRec) with exact and with cached teachers, against ``id``."""
+    out = []
+    for preset in presets:
+        base = ["--preset", preset, "--set", f"device={device}"]
+        idr = epoch_run(data, [*base, "--model", "id"], 1, threads)
+        row = {"preset": preset, "id": idr}
+        for cache in (0, -1):
+            r = epoch_run(data, [*base, "--model", "llmesr", "--set",
+                                 f"teacher_cache={cache}"], 1, threads)
+            r["vs_id"] = round(r["epoch_train_seconds"] / idr["epoch_train_seconds"], 2)
+            row["exact" if cache == 0 else "cached_epoch"] = r
         out.append(row)
     return out
 
@@ -222,6 +247,8 @@ def main() -> None:
     ap.add_argument("--ddp", nargs="*", default=[], metavar="MODEL",
                     help="time one epoch of these models in one process and under torchrun")
     ap.add_argument("--ddp-procs", type=int, default=2)
+    ap.add_argument("--teachers", nargs="*", default=[], metavar="PRESET",
+                    help="time one LLM-ESR epoch with exact and cached teachers (and id)")
     args = parse_with_runtime(ap)
     device = resolve_device(args.device)
     peak = peak_matmul(device)
@@ -250,6 +277,9 @@ def main() -> None:
     if args.ddp:
         result["ddp"] = ddp_speed(args.data, args.ddp, args.ddp_procs,
                                   torch.get_num_threads(), args.device)
+    if args.teachers:
+        result["teacher_cache"] = teacher_speed(args.data, args.teachers,
+                                                torch.get_num_threads(), args.device)
     if device.type == "cuda":
         result["cuda_peak_mib"] = round(torch.cuda.max_memory_allocated(device) / 2 ** 20, 1)
         result["gpu"] = torch.cuda.get_device_name(device)
