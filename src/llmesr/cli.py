@@ -534,12 +534,19 @@ def cmd_embed(args: argparse.Namespace) -> int:
     from llmesr.api import Dataset
 
     # strings: make_encoder converts each to its option's type and refuses unknown keys
+    from llmesr.training import distributed as ddp
+
     options: dict[str, Any] = dict(args.encoder_opt)
-    Dataset.load(args.dir).embed(
-        args.encoder, encoder_options=options, domain=args.domain, style=args.style,
-        fields=dict(args.field), item_template=args.item_template, pca_dim=args.pca_dim,
-        neighbors=args.neighbors, backend=args.backend, users=not args.no_users,
-        cache_dir=args.cache_dir, progress=not args.quiet)
+    # under torchrun: each process embeds a share of the texts into the shared cache
+    ddp.init_from_env(str(options.get("device", "auto")))
+    try:
+        Dataset.load(args.dir).embed(
+            args.encoder, encoder_options=options, domain=args.domain, style=args.style,
+            fields=dict(args.field), item_template=args.item_template, pca_dim=args.pca_dim,
+            neighbors=args.neighbors, backend=args.backend, users=not args.no_users,
+            cache_dir=args.cache_dir, progress=not args.quiet)
+    finally:
+        ddp.shutdown()
     return 0
 
 

@@ -115,6 +115,30 @@ def test_killed_distributed_run_resumes(ml100k, tmp_path):
     _assert_same_run(tmp_path / "one", run)
 
 
+def test_two_processes_embed_what_one_does(shared_data, tmp_path):
+    """torchrun embed: each process encodes a share into the shared cache (the merge point);
+    process 0 writes the same files a single process writes."""
+    folders = []
+    for nproc in (1, 2):
+        data = tmp_path / f"ds{nproc}"
+        Dataset.prepare("ml-100k", data, source=shared_data / "ml-100k", progress=False)
+        embed_cmd = ["embed", str(data), "--encoder", "hash:32", "--quiet"]
+        cmd = ([sys.executable, "-m", "llmesr", *embed_cmd] if nproc == 1 else
+               [sys.executable, "-m", "torch.distributed.run", "--standalone",
+                "--nproc_per_node", "2", "-m", "llmesr", *embed_cmd])
+        p = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=600)
+        assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+        (folder,) = (data / "semantic").glob("hash32-*")
+        folders.append(folder)
+    for name in ("items", "users", "items_pca", "neighbors", "neighbor_scores"):
+        np.testing.assert_array_equal(np.load(folders[0] / f"{name}.npy"),
+                                      np.load(folders[1] / f"{name}.npy"), err_msg=name)
+    (cache,) = (folders[1].parent / ".cache").iterdir()
+    assert len(list(cache.glob("shard-*.npz"))) >= 4      # items and users, from each process
+    m = json.loads((folders[1] / "manifest.json").read_text())
+    assert m["stages"]["items"]["computed"] == m["stages"]["items"]["unique"]
+
+
 def test_share_splits_contiguously():
     for n in (0, 1, 5, 128):
         for w in (1, 2, 3):

@@ -48,9 +48,18 @@ class EmbeddingCache:
             stale.unlink(missing_ok=True)
         self._index: dict[bytes, tuple[int, int]] = {}
         self._shards: list[np.ndarray] = []
+        self._loaded: set[str] = set()
         self.dim: int | None = None
-        for shard in sorted(self.dir.glob("shard-*.npz")):
+        self.refresh()
+
+    def refresh(self) -> int:
+        """Index the shards written since (by other processes sharing the cache); returns
+        how many were added."""
+        new = [p for p in sorted(self.dir.glob("shard-*.npz")) if p.name not in self._loaded]
+        for shard in new:
+            self._loaded.add(shard.name)
             self._load_shard(shard)
+        return len(new)
 
     def _load_shard(self, path: Path) -> None:
         try:
@@ -68,8 +77,10 @@ class EmbeddingCache:
                               f"{vecs.shape[1]}; delete the folder")
         s = len(self._shards)
         self._shards.append(vecs)
+        # numpy's S32 drops trailing NUL bytes: a digest that ends in 0x00 (1 in 256) comes
+        # back short, so pad it to its 32 bytes again
         for row, key in enumerate(keys.tolist()):
-            self._index[key] = (s, row)
+            self._index[key.ljust(32, b"\0")] = (s, row)
 
     def __len__(self) -> int:
         return len(self._index)
@@ -95,8 +106,10 @@ class EmbeddingCache:
                               f"holds {self.dim}-d ones for the same identity")
         key_arr = np.array(keys, dtype="S32")
         # flushed, given the usual permissions and renamed into place (.shard-*.tmp until then)
-        with atomic_file(self.dir / f"shard-{uuid.uuid4().hex}.npz") as f:
+        name = f"shard-{uuid.uuid4().hex}.npz"
+        with atomic_file(self.dir / name) as f:
             np.savez(f, keys=key_arr, vectors=vectors)
+        self._loaded.add(name)
         if self.dim is None:
             self.dim = int(vectors.shape[1])
         s = len(self._shards)
@@ -112,7 +125,13 @@ def embed_texts(texts: list[str], encode: Callable[[list[str]], np.ndarray],
 
     Returns the (len(texts), D) float32 matrix and counts ``{"texts", "unique", "cached",
     "computed"}``. Work is saved shard by shard, so an interrupted call loses at most one shard.
+
+    Under torchrun (``llmesr.training.distributed``) every process encodes every N-th of
+    the missing texts (in length order, so the shares cost alike) into the shared cache,
+    waits for the others and reads their shards back: the cache is the merge point.
     """
+    from llmesr.training import distributed as ddp
+
     keys = [text_key(t) for t in texts]
     first: dict[bytes, int] = {}
     for i, k in enumerate(keys):
@@ -121,11 +140,20 @@ def embed_texts(texts: list[str], encode: Callable[[list[str]], np.ndarray],
     todo = sorted((k for k in first if k not in cache), key=lambda k: len(texts[first[k]]))
     stats = {"texts": len(texts), "unique": len(first), "cached": len(first) - len(todo),
              "computed": len(todo)}
-    with tqdm(total=len(todo), desc=desc, unit="text", disable=not progress or not todo,
+    mine = todo[ddp.rank()::ddp.world_size()]
+    with tqdm(total=len(mine), desc=desc, unit="text", disable=not progress or not mine,
               dynamic_ncols=True) as bar:
-        for start in range(0, len(todo), shard_size):
-            chunk = todo[start:start + shard_size]
+        for start in range(0, len(mine), shard_size):
+            chunk = mine[start:start + shard_size]
             vectors = encode([texts[first[k]] for k in chunk])
             cache.put(chunk, vectors)
             bar.update(len(chunk))
+    if ddp.active():
+        ddp.barrier()            # every process's shards are on disk
+        cache.refresh()
+        missing = sum(k not in cache for k in first)
+        if missing:
+            raise LlmesrError(f"{missing} embeddings are missing from the shared cache "
+                              f"{cache.dir} after every process finished: all processes "
+                              "must see the same cache folder (--cache-dir on a shared disk)")
     return cache.get(keys), stats

@@ -109,8 +109,11 @@ def embed(data_dir: str | Path, *, encoder: TextEncoder | str | None = None,
     cfg = (prompt or default_prompt_config(ds.manifest)).validate()
     make_dirs(Path(data_dir) / "semantic", "embeddings folder")
     out = make_dirs(Path(data_dir) / "semantic" / enc.slug, "embeddings folder")
+    from llmesr.training import distributed as ddp
+
     cache = EmbeddingCache(Path(cache_dir) if cache_dir else Path(data_dir) / "semantic" /
                            ".cache", enc.identity)
+    ddp.barrier()    # under torchrun: no process writes a shard before all have opened it
     # A folder that cannot be written (permissions, a full disk, a file in the way) is the
     # user's to fix: one line, not a traceback. Finished stages stay reusable.
     with os_errors_as_user_errors(f"write the embeddings in {out}"):
@@ -122,6 +125,13 @@ def embed(data_dir: str | Path, *, encoder: TextEncoder | str | None = None,
 def _embed(ds: SequenceDataset, data_dir: str | Path, enc: TextEncoder, cfg: PromptConfig,
            out: Path, cache: EmbeddingCache, *, pca_dim: int, neighbors: int, backend: str,
            users: bool, progress: bool, log, t_start: float) -> dict[str, Any]:
+    from llmesr.training import distributed as ddp
+
+    # under torchrun every process embeds a share of the texts (embed_texts) and process 0
+    # alone writes the folder, fits the PCA and searches the neighbours
+    main = ddp.rank() == 0
+    if not main:
+        log = (lambda *a, **k: None)
     prev = _previous(out)
     prev_stages = prev.get("stages", {})
     builder = PromptBuilder(ds.item_table, cfg)
@@ -143,8 +153,9 @@ def _embed(ds: SequenceDataset, data_dir: str | Path, enc: TextEncoder, cfg: Pro
             log(f"{name}: {len(vectors):,} embeddings unchanged")
             return vectors
         vectors, stats = embed_texts(texts, enc.encode, cache, shard_size=enc.batch_size * 8,
-                                     desc=name, progress=progress)
-        _save_npy(out / f"{name}.npy", vectors)
+                                     desc=name, progress=progress and main)
+        if main:
+            _save_npy(out / f"{name}.npy", vectors)
         stages[name] = {"fingerprint": fingerprint, **stats}
         log(f"{name}: {stats['computed']:,} embedded, {stats['cached']:,} from the cache")
         return vectors
@@ -157,6 +168,12 @@ def _embed(ds: SequenceDataset, data_dir: str | Path, enc: TextEncoder, cfg: Pro
 
     # ---- PCA ------------------------------------------------------------------------------
     t0 = time.perf_counter()
+    if not main:
+        if users:
+            embed_stage("users", builder.user_prompts(
+                ds.offsets, ds.items, ds.users["train_length"].to_numpy()))
+        ddp.barrier()                  # until process 0 has written the folder
+        return _previous(out)
     asked = pca_dim
     pca_dim = min(pca_dim, *items.shape)
     if pca_dim < asked:
@@ -224,4 +241,5 @@ def _embed(ds: SequenceDataset, data_dir: str | Path, enc: TextEncoder, cfg: Pro
     }
     write_json_atomic(out / "manifest.json", manifest)
     log(f"wrote {out} in {manifest['total_seconds']:.1f} s")
+    ddp.barrier()
     return manifest
