@@ -253,14 +253,22 @@ def test_bounded_defaults():
 
 def test_tiles_stay_within_block_cells(monkeypatch):
     states, items, users, targets, exclude = _data()
-    shapes = []
+    shapes, bufs = [], []
     real = protocols._block_scores
-    monkeypatch.setattr(protocols, "_block_scores",
-                        lambda s, r: shapes.append((len(s), len(r))) or real(s, r))
+
+    def spy(s, r, buf=None):
+        shapes.append((len(s), len(r)))
+        if buf is not None:
+            bufs.append(buf)
+        return real(s, r, buf)
+
+    monkeypatch.setattr(protocols, "_block_scores", spy)
     full_ranking_ranks_factored(_states_fn(states), items, users, targets, N_ITEMS,
                                 batch_size=150, item_block=100, block_cells=1000,
                                 exclude=exclude, progress=False, topk=5)
     assert shapes and max(a * b for a, b in shapes) <= 1000
+    # the float32 blocks are written into one workspace, itself within block_cells
+    assert bufs and len({b.data_ptr() for b in bufs}) == 1 and bufs[0].numel() <= 1000
     assert {b for _, b in shapes} == {98}                   # 389 items: 4 balanced blocks
 
 
