@@ -70,7 +70,7 @@ def diagnose(run_dir: str, data_dir: str | None, device: str | None,
         parts = {"co": (model.co.all().detach().float().cpu(), slice(0, h))} \
             if model.co is not None else {}
         if model.se is not None:
-            parts["se"] = (model.se.all().detach().float().cpu(),
+            parts["se"] = (model.se_rows().detach().float().cpu(),
                            slice(h, 2 * h) if model.co is not None else slice(0, h))
     n_items = tr.ds.num_items
     seen = [tr.view.items[tr.starts[r]:tr.starts[r] + hist[r]] for r in rows] \

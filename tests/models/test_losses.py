@@ -215,3 +215,49 @@ def test_view_aux_loss_adds_each_views_own_loss(loss):
     want = joint + 0.5 * float(own(u[:, :h], e_co) + own(u[:, h:], e_se))
     assert float(aux.rec_loss_flat(u, pos, neg)) == pytest.approx(want, rel=1e-5)
     assert float(aux.rec_loss_flat(u, pos, neg)) > joint
+
+
+def _gate_models(n_items=30, h=8):
+    rng = np.random.default_rng(0)
+    kw = dict(model="llmesr", backbone="sasrec", hidden=h, layers=1, max_len=10, loss="ce")
+    llm = rng.normal(size=(n_items, 12)).astype(np.float32)
+    pca = rng.normal(size=(n_items, h)).astype(np.float32)
+    torch.manual_seed(0)
+    plain = SequentialRecommender(ModelConfig(**kw), n_items, llm=llm, pca=pca)
+    torch.manual_seed(0)
+    gated = SequentialRecommender(ModelConfig(**kw, se_pop_gate=True), n_items, llm=llm,
+                                  pca=pca)
+    counts = rng.integers(0, 50, size=n_items)
+    for m in (plain, gated):
+        m.set_target_counts(counts)
+    return plain, gated, counts
+
+
+def test_pop_gate_starts_at_one_and_scales_the_semantic_rows():
+    plain, gated, counts = _gate_models()
+    h = 8
+    # g = 1 at the start: the same candidates as without the gate
+    torch.testing.assert_close(gated.item_embeddings(), plain.item_embeddings())
+    np.testing.assert_allclose(gated.log_count[1:31].numpy(), np.log1p(counts), rtol=1e-6)
+    with torch.no_grad():
+        gated.pop_gate.copy_(torch.tensor([0.3, -0.4]))
+    g = torch.nn.functional.softplus(0.3 - 0.4 * torch.log1p(torch.as_tensor(
+        counts, dtype=torch.float32)))
+    ids = torch.arange(1, 31)
+    e = gated.item_embeddings(ids)
+    torch.testing.assert_close(e[:, :h], plain.item_embeddings(ids)[:, :h])   # co untouched
+    torch.testing.assert_close(e[:, h:], plain.se.all()[1:31] * g[:, None])
+    rare, common = int(np.argmin(counts)), int(np.argmax(counts))
+    assert float(gated.item_gate(ids)[rare]) > float(gated.item_gate(ids)[common])
+    # the gate learns: the CE loss sends it gradients; its counts are saved with the weights
+    u = torch.randn(4, 2 * h)
+    gated.rec_loss_flat(u, torch.tensor([1, 2, 3, 4]), torch.tensor([5, 6, 7, 8])).backward()
+    assert gated.pop_gate.grad is not None and float(gated.pop_gate.grad.abs().sum()) > 0
+    assert "log_count" in gated.state_dict() and "log_count" not in plain.state_dict()
+
+
+def test_pop_gate_new_items_count_zero():
+    _, gated, _ = _gate_models()
+    new = gated.append_items(torch.randn(2, 12), torch.randn(2, 8))
+    assert len(gated.log_count) == gated.table_rows
+    assert float(gated.log_count[list(new)].abs().sum()) == 0

@@ -196,3 +196,12 @@ def test_teacher_cache_once_an_epoch(beauty_subset, tmp_path):
     assert all(v > 0 and np.isfinite(v) for v in sd)
     _train(beauty_subset, tmp_path / "exact", epochs=2).fit()
     assert sd != _log_values(tmp_path / "exact", "sd")   # stale teachers: another loss
+
+
+def test_pop_gate_trains_and_reloads(beauty_subset, tmp_path):
+    tr = _train(beauty_subset, tmp_path / "run", se_pop_gate=True, epochs=1)
+    tr.fit()
+    model, _ = load_run(tmp_path / "run")
+    torch.testing.assert_close(model.log_count, tr.model.log_count.cpu())
+    assert float(model.log_count.max()) > 0
+    assert not torch.equal(model.pop_gate.detach(), torch.tensor([np.log(np.e - 1), 0.0]))

@@ -84,6 +84,11 @@ class ModelConfig:
     #: alone, the se half against the adapter's rows alone), added to the joint loss; 0 =
     #: off (the paper: one loss on the concatenated score)
     view_aux_loss: float = 0.0
+    #: popularity gate on the semantic view (not in the paper): each item's semantic row is
+    #: scaled by g_i = softplus(a + b * log(1 + n_i)), n_i its count among the training
+    #: targets, a and b learnt from g = 1; with b < 0 the model leans on the text for rare
+    #: items. False = off (the paper)
+    se_pop_gate: bool = False
     #: item regularisation (SPEC §4.8; off in the paper's scripts)
     item_reg: bool = False
     beta: float = 0.1
@@ -196,6 +201,7 @@ MODEL_FIELDS: dict[str, Setting] = {
     "teacher_cache": Int(-1),
     "co_dropout": Float(0, 1, high_open=True),
     "view_aux_loss": Float(0),
+    "se_pop_gate": Bool(),
     "item_reg": Bool(),
     "beta": Float(0),
     "loss": Choice(*LOSSES),

@@ -53,6 +53,13 @@ class SequentialRecommender(nn.Module):
             cfg.model != "llmesr" or cfg.use_co_view) else None
         self.se = SemanticView(llm, num_items, h, cfg.adapter_layers, cfg.adapter_activation,
                                cfg.freeze_semantic) if needs_llm else None
+        if self.se is not None and cfg.se_pop_gate:
+            # g = softplus(a + b log(1 + n)); a = log(e - 1), b = 0: g = 1 at the start
+            self.pop_gate = nn.Parameter(torch.tensor([math.log(math.e - 1.0), 0.0]))
+            # log(1 + n_i) per table row; saved with the weights (serving has no dataset)
+            self.register_buffer("log_count", torch.zeros(num_items + 2), persistent=True)
+        else:
+            self.pop_gate = None
         self.is_gru = cfg.backbone == "gru4rec"
         if not self.is_gru:
             self.pos_emb = nn.Embedding(cfg.max_len + 100, h)
@@ -164,10 +171,26 @@ class SequentialRecommender(nn.Module):
     def item_embeddings(self, ids: torch.Tensor | None = None) -> torch.Tensor:
         """Candidate embeddings c_i = [e_co; e_se] for ``ids`` (any shape) or all N + 2 rows."""
         parts = []
-        for view in (self.co, self.se):
-            if view is not None:
-                parts.append(view.all() if ids is None else view(ids))
+        if self.co is not None:
+            parts.append(self.co.all() if ids is None else self.co(ids))
+        if self.se is not None:
+            parts.append(self.se_rows(ids))
         return parts[0] if len(parts) == 1 else torch.cat(parts, dim=-1)
+
+    def se_rows(self, ids: torch.Tensor | None = None) -> torch.Tensor:
+        """The semantic view's candidate rows e_se (times the popularity gate, when on)."""
+        rows = self.se.all() if ids is None else self.se(ids)
+        if self.pop_gate is None:
+            return rows
+        return rows * self.item_gate(ids)[..., None]
+
+    def item_gate(self, ids: torch.Tensor | None = None) -> torch.Tensor:
+        """The popularity gate g_i of ``ids`` (all rows for None); ones when it is off."""
+        logc = self.log_count if ids is None else self.log_count[ids]
+        if self.pop_gate is None:
+            return torch.ones_like(logc)
+        a, b = self.pop_gate
+        return F.softplus(a + b * logc)
 
     @property
     def table_rows(self) -> int:
@@ -193,6 +216,9 @@ class SequentialRecommender(nn.Module):
             sizes.add(len(rows))
         if len(sizes) != 1:
             raise LlmesrError(f"the new items' embeddings have different counts: {sorted(sizes)}")
+        if self.pop_gate is not None:        # a new item has no training count
+            self.log_count = torch.cat([self.log_count,
+                                        self.log_count.new_zeros(next(iter(sizes)))])
         if self.co is not None:
             self.co.append(co)
         if self.se is not None:
@@ -229,6 +255,10 @@ class SequentialRecommender(nn.Module):
         # +1 smoothing: an item never seen as a target can still be drawn, and log Q is finite
         q[1:self.num_items + 1] = ((c + 1) / (c + 1).sum()).float()
         self.register_buffer("target_q", q.to(self._device()), persistent=False)
+        if self.pop_gate is not None:
+            with torch.no_grad():
+                self.log_count[1:self.num_items + 1] = torch.log1p(c).float().to(
+                    self.log_count.device)
 
     def _device(self) -> torch.device:
         return next(self.parameters()).device
@@ -251,8 +281,7 @@ class SequentialRecommender(nn.Module):
             h = self.cfg.hidden
             loss = loss + w * (self._objective(u[:, :h], self._view_rows(self.co), pos_ids,
                                                neg_ids)
-                               + self._objective(u[:, h:], self._view_rows(self.se), pos_ids,
-                                                 neg_ids))
+                               + self._objective(u[:, h:], self.se_rows, pos_ids, neg_ids))
         return loss
 
     @staticmethod
