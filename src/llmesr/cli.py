@@ -898,6 +898,12 @@ def main(argv: list[str] | None = None) -> int:
                 "demo": cmd_demo, "recommend": cmd_recommend, "add-items": cmd_add_items,
                 "serve": cmd_serve, "tune": cmd_tune, "sweep": cmd_sweep}
     try:
+        if args.command not in ("train", "embed"):
+            from llmesr.training import distributed as ddp
+
+            if ddp.launched():
+                raise LlmesrError(f"'llmesr {args.command}' runs in one process; of the "
+                                  "commands only train and embed run under torchrun")
         return handlers[args.command](args)
     except LlmesrError as e:
         print(f"llmesr: error: {e}", file=sys.stderr)

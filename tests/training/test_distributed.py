@@ -147,3 +147,18 @@ def test_share_splits_contiguously():
             assert idx.tolist() == list(range(n))
             sizes = [s.stop - s.start for s in parts]
             assert max(sizes) - min(sizes) <= 1
+
+
+def test_other_commands_refuse_torchrun(monkeypatch, capsys, tmp_path):
+    from llmesr.cli import main
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert main(["info", str(tmp_path)]) == 2
+    assert "only train and embed run under torchrun" in capsys.readouterr().err
+    monkeypatch.setenv("WORLD_SIZE", "two")
+    assert main(["train", str(tmp_path), "--out", str(tmp_path / "r")]) == 2
+    assert "WORLD_SIZE='two' is not a number" in capsys.readouterr().err
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    for k in ("RANK", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(k, raising=False)
+    assert main(["train", str(tmp_path), "--out", str(tmp_path / "r")]) == 2
+    assert "start distributed runs with torchrun" in capsys.readouterr().err
