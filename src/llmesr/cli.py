@@ -157,7 +157,7 @@ def build_parser() -> argparse.ArgumentParser:
     imp.add_argument("--overwrite", action="store_true")
 
     tr = sub.add_parser(
-        "train", help="train a model (id, llminit, llmesr) on a prepared dataset",
+        "train", help="train a model (id, llminit, llmesr, rlmrec) on a prepared dataset",
         description="Train SASRec / Bert4Rec / GRU4Rec, plain (id), with an LLM-initialised ID "
                     "table (llminit) or with LLM-ESR (llmesr), early-stopped on validation "
                     "NDCG@10, then evaluate the test split. Settings: --set key=value for any "
@@ -426,8 +426,8 @@ def build_parser() -> argparse.ArgumentParser:
 def _model_flags(p: argparse.ArgumentParser,
                  set_help: str = "any model or training setting (repeatable)") -> None:
     """--model, --backbone, --preset, --config and --set, shared by train, tune and sweep."""
-    p.add_argument("--model", help="id | llminit | llmesr (default: the --config file's, else "
-                   "llmesr)")
+    p.add_argument("--model", help="id | llminit | llmesr | rlmrec (default: the --config "
+                   "file's, else llmesr)")
     p.add_argument("--backbone", help="sasrec | bert4rec | gru4rec (default: the --config "
                    "file's, else sasrec)")
     p.add_argument("--preset", help="default (bugs fixed) | paper (the original code's "

@@ -29,7 +29,7 @@ def _train(data, out, model="llmesr", backbone="sasrec", preset="default", **ove
 
 
 @pytest.mark.parametrize("backbone", ["sasrec", "bert4rec", "gru4rec"])
-@pytest.mark.parametrize("model", ["id", "llminit", "llmesr"])
+@pytest.mark.parametrize("model", ["id", "llminit", "llmesr", "rlmrec"])
 def test_every_model_and_backbone_trains(beauty_subset, tmp_path, model, backbone):
     m = _train(beauty_subset, tmp_path / "run", model, backbone, epochs=1).fit()
     for protocol in ("full", "sampled"):
@@ -40,6 +40,8 @@ def test_every_model_and_backbone_trains(beauty_subset, tmp_path, model, backbon
     assert len(rows) == 1 and np.isfinite(float(rows[0]["loss"]))
     if model == "llmesr":
         assert float(rows[0]["sd"]) > 0
+    if model == "rlmrec":
+        assert float(rows[0]["align"]) > 0
 
 
 def test_same_seed_same_losses(beauty_subset, tmp_path):

@@ -20,7 +20,7 @@ from llmesr.config import (Bool, Choice, Choices, Float, Int, Setting, Str, chec
                            read_settings_file, unknown_setting, write_text_atomic)
 from llmesr.errors import LlmesrError
 
-MODELS = ("id", "llminit", "llmesr")
+MODELS = ("id", "llminit", "llmesr", "rlmrec")
 BACKBONES = ("sasrec", "bert4rec", "gru4rec")
 LOSSES = ("bce", "ce", "sampled_ce", "gbce")   # see llmesr.models.losses
 SAMPLERS = ("uniform", "popularity", "in_batch")
@@ -28,7 +28,8 @@ SAMPLERS = ("uniform", "popularity", "in_batch")
 
 @dataclass
 class ModelConfig:
-    #: id (plain backbone) | llminit (ID table from PCA of LLM embeddings) | llmesr
+    #: id (plain backbone) | llminit (ID table from PCA of LLM embeddings) | llmesr |
+    #: rlmrec (the plain backbone with RLMRec-Con's profile alignment, llmesr.models.rlmrec)
     model: str = "llmesr"
     #: sasrec | bert4rec | gru4rec
     backbone: str = "sasrec"
@@ -89,6 +90,10 @@ class ModelConfig:
     #: targets, a and b learnt from g = 1; with b < 0 the model leans on the text for rare
     #: items. False = off (the paper)
     se_pop_gate: bool = False
+    #: rlmrec: weight λ of the profile-alignment loss and its temperature τ (the official
+    #: configs' ranges: λ 1e-3..1e-1, τ 0.1..1; LightGCN on Amazon/Yelp: 0.01 and 0.2)
+    rlmrec_weight: float = 0.01
+    rlmrec_tau: float = 0.2
     #: item regularisation (SPEC §4.8; off in the paper's scripts)
     item_reg: bool = False
     beta: float = 0.1
@@ -203,6 +208,8 @@ MODEL_FIELDS: dict[str, Setting] = {
     "view_aux_loss": Float(0),
     "se_pop_gate": Bool(),
     "item_reg": Bool(),
+    "rlmrec_weight": Float(0),
+    "rlmrec_tau": Float(0, low_open=True),
     "beta": Float(0),
     "loss": Choice(*LOSSES),
     "sampled_negatives": Int(1),

@@ -29,6 +29,7 @@ from llmesr.models.chunking import plan_chunks
 from llmesr.models.config import ModelConfig
 from llmesr.models.cross_attention import CrossAttention
 from llmesr.models.dropout import Dropout
+from llmesr.models.rlmrec import ProfileAlignment
 from llmesr.models.views import IDView, SemanticView
 
 
@@ -53,6 +54,19 @@ class SequentialRecommender(nn.Module):
             cfg.model != "llmesr" or cfg.use_co_view) else None
         self.se = SemanticView(llm, num_items, h, cfg.adapter_layers, cfg.adapter_activation,
                                cfg.freeze_semantic) if needs_llm else None
+        self.align = None
+        if cfg.model == "rlmrec":
+            if llm is None:
+                raise LlmesrError("rlmrec aligns with the item embeddings: run 'llmesr embed' "
+                                  "first")
+            self.align = ProfileAlignment(int(llm.shape[1]), h)
+            # the profiles (training only; inference is the backbone alone): not saved with
+            # the weights, the trainer sets them from the embeddings folder
+            prof = torch.zeros(num_items + 2, llm.shape[1])
+            prof[1:num_items + 1] = torch.as_tensor(np.asarray(llm, dtype=np.float32))
+            self.register_buffer("item_profiles", prof, persistent=False)
+            self.register_buffer("user_profiles", torch.zeros(0, llm.shape[1]),
+                                 persistent=False)
         if self.se is not None and cfg.se_pop_gate:
             # g = softplus(a + b log(1 + n)); a = log(e - 1), b = 0: g = 1 at the start
             self.pop_gate = nn.Parameter(torch.tensor([math.log(math.e - 1.0), 0.0]))
@@ -325,6 +339,19 @@ class SequentialRecommender(nn.Module):
             raise LlmesrError("the popularity sampler needs the items' target counts "
                               "(SequentialRecommender.set_target_counts)")
         return q
+
+    def set_user_profiles(self, profiles: np.ndarray) -> None:
+        """rlmrec: each user row's profile embedding (U, d_s)."""
+        self.user_profiles = torch.as_tensor(np.asarray(profiles, dtype=np.float32),
+                                             device=self.item_profiles.device)
+
+    def align_loss(self, user_states: torch.Tensor, user_rows: torch.Tensor,
+                   items: torch.Tensor) -> torch.Tensor:
+        """rlmrec: the profile-alignment loss of a batch (users' last states (B, h), their
+        rows (B,), the batch's item ids, any shape; see llmesr.models.rlmrec)."""
+        ids = torch.unique(items[items > 0])
+        return self.align(user_states, self.user_profiles[user_rows], self.co(ids),
+                          self.item_profiles[ids], self.cfg.rlmrec_tau)
 
     def item_reg_loss(self, seq: torch.Tensor) -> torch.Tensor:
         """Alignment of the two views of the batch's items (SPEC §4.8, off in the paper).

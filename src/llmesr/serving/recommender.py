@@ -255,7 +255,7 @@ class Recommender:
 
     @property
     def can_add_items(self) -> bool:
-        return self.mcfg.model != "id"
+        return self.mcfg.model in ("llminit", "llmesr")   # a text-derived row to start from
 
     def describe(self) -> dict[str, Any]:
         m = self.mcfg

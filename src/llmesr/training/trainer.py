@@ -97,6 +97,25 @@ def find_embeddings(data_dir: Path, name: str | None = None) -> Path | None:
     return found[0] if found else None
 
 
+def load_user_profiles(folder: Path | None, num_users: int, dim: int) -> np.ndarray:
+    """rlmrec's user profiles: ``users.npy`` of the embeddings folder (each user's training
+    titles through the encoder), one finite row of the items' dimension per user."""
+    again = "run 'llmesr embed' (with user embeddings, not --no-users) again"
+    f = None if folder is None else folder / "users.npy"
+    if f is None or not f.is_file():
+        raise LlmesrError(f"rlmrec aligns users with their profile embeddings, and "
+                          f"{f or 'the embeddings folder'} is missing; {again}")
+    try:
+        a = np.load(f, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as e:
+        raise LlmesrError(f"{f} is truncated or damaged ({e}); {again}") from None
+    if a.ndim != 2 or a.shape != (num_users, dim) or a.dtype.kind not in "fiu" \
+            or not np.isfinite(a).all():
+        raise LlmesrError(f"{f} has shape {a.shape} ({a.dtype}); expected ({num_users}, {dim}) "
+                          f"finite values, one row per user; {again}")
+    return a
+
+
 def load_semantic(folder: Path | None, needs: bool, *, num_items: int | None = None,
                   num_users: int | None = None, hidden: int | None = None
                   ) -> tuple[np.ndarray | None, np.ndarray | None, np.ndarray | None]:
@@ -228,7 +247,7 @@ class Trainer:
         #: exclude_seen resolved: "auto" is on for a dataset without repeat interactions
         self.exclude_seen = (not self.ds.has_repeats) if tcfg.exclude_seen == "auto" \
             else bool(tcfg.exclude_seen)
-        needs_llm = mcfg.model == "llmesr" and mcfg.use_se_view
+        needs_llm = (mcfg.model == "llmesr" and mcfg.use_se_view) or mcfg.model == "rlmrec"
         needs_pca = mcfg.model == "llminit" or (mcfg.model == "llmesr" and mcfg.use_co_view
                                                 and mcfg.co_init == "pca")
         self.sem_dir = find_embeddings(self.data_dir, embeddings) if (
@@ -244,6 +263,9 @@ class Trainer:
         torch.manual_seed(tcfg.seed)     # the same initial weights on every rank
         self.rng = np.random.default_rng(tcfg.seed)
         self.model = SequentialRecommender(mcfg, self.ds.num_items, llm, pca).to(self.device)
+        if mcfg.model == "rlmrec":
+            self.model.set_user_profiles(load_user_profiles(self.sem_dir, self.ds.num_users,
+                                                            int(llm.shape[1])))
         if self.model.co is not None:
             # densified before each Adam step; under DDP dense, as its buckets are
             self.model.co.sparse_grads = self.world == 1
@@ -407,6 +429,8 @@ class Trainer:
         if self.world > 1:
             batch = self._rank_share(batch)
         t = to_tensors(self.device, **{k: v for k, v in batch.items() if k != "rows"})
+        if self.mcfg.model == "rlmrec":
+            t["user_rows"] = torch.from_numpy(batch["rows"]).to(self.device)
         loss, parts = self.step_loss(t, *totals)
         return self.update(loss, parts)
 
@@ -440,11 +464,13 @@ class Trainer:
                 parts["sd"] = 0.0
             if self.mcfg.item_reg:
                 parts["reg"] = 0.0
+            if self.mcfg.model == "rlmrec":
+                parts["align"] = 0.0
             return zero, parts
         w_rec = float((target > 0).sum()) / max(n_total, 1)
         w_sd = len(seq) / max(b_total, 1)
         with self._autocast():
-            us, ps, ns, students, rows = [], [], [], [], []
+            us, ps, ns, students, rows, lasts = [], [], [], [], [], []
             for idx, w in self._chunks(seq):
                 s, p, tg = seq[idx, -w:], pos[idx, -w:], target[idx, -w:]
                 valid = tg > 0
@@ -452,6 +478,8 @@ class Trainer:
                 us.append(states[valid])
                 ps.append(tg[valid])
                 ns.append(neg[idx, -w:][valid])
+                if self.mcfg.model == "rlmrec":
+                    lasts.append((idx, states[:, -1]))      # the user: its last position
                 if self.distill is not None:
                     # the student: a second pass with its own dropout mask (the paper); a
                     # model without dropout would compute the same values again
@@ -472,6 +500,14 @@ class Trainer:
                                       t["teacher_pos"], student=student)
                 loss = loss + self.mcfg.alpha * w_sd * sd
                 parts["sd"] = w_sd * float(sd.detach())
+            if lasts:
+                # RLMRec-Con's alignment, in-batch (with several ranks: each its share)
+                h_u = torch.empty(len(seq), self.model.state_dim, device=seq.device,
+                                  dtype=lasts[0][1].dtype)
+                h_u[torch.cat([i for i, _ in lasts])] = torch.cat([s for _, s in lasts])
+                al = self.model.align_loss(h_u, t["user_rows"], torch.cat([seq, target], 1))
+                loss = loss + self.mcfg.rlmrec_weight / self.world * al
+                parts["align"] = float(al.detach()) / self.world
             if self.mcfg.item_reg:
                 # over the distinct items of this rank's share (not decomposable: with
                 # several ranks, the mean of their values)
@@ -693,9 +729,12 @@ class Trainer:
 
     def _append_csv(self, row: dict[str, Any]) -> None:
         path = self.run_dir / "train_log.csv"
-        fields = ["epoch", "loss", "rec", "sd", "reg", "valid_HR@10", "valid_NDCG@10",
-                  "train_seconds", "eval_seconds", "best"]
+        fields = ["epoch", "loss", "rec", "sd", "reg", "align", "valid_HR@10",
+                  "valid_NDCG@10", "train_seconds", "eval_seconds", "best"]
         new = not path.exists()
+        if not new:      # a resumed run keeps its file's columns
+            with open(path, newline="") as f:
+                fields = next(csv.reader(f), None) or fields
         with open(path, "a", newline="") as f:
             w = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
             if new:

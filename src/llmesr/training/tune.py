@@ -121,6 +121,8 @@ _NO_HIDDEN = {k: v for k, v in COMMON.items() if k != "hidden"}
 SPACES: dict[str, dict[str, Param]] = {
     "id": COMMON,
     "llminit": _NO_HIDDEN,
+    "rlmrec": {**COMMON, "rlmrec_weight": Choice(0.001, 0.01, 0.1),
+               "rlmrec_tau": Choice(0.1, 0.2, 0.5)},
     "llmesr": {**_NO_HIDDEN,
                # the paper's grid for both (its figure 4)
                "alpha": Choice(0.0, 0.01, 0.05, 0.1, 0.5, 1.0),
