@@ -232,8 +232,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     rpr = sub.add_parser(
         "reproduce", help="train a models x backbones x seeds grid, then report it",
-        description="Train {id, llminit, llmesr, rlmrec} x {sasrec, bert4rec, gru4rec} x seeds on a "
-                    "prepared and embedded dataset into OUT/runs/, then write OUT/report/ "
+        description="Train {id, llminit, llmesr, rlmrec} x {sasrec, bert4rec, gru4rec} x seeds "
+                    "on a prepared and embedded dataset into OUT/runs/, then write OUT/report/ "
                     "(see 'llmesr report'). Run it again to continue: finished runs are kept, "
                     "interrupted ones resume.",
         epilog="examples:\n  llmesr reproduce data/beauty --seeds 42 43 44 --out grid\n"
