@@ -32,9 +32,11 @@ def batch(rows, width):
     return seq, pos
 
 
-@pytest.mark.parametrize("model", ["id", "llminit", "llmesr"])
-def test_default_preset_is_causal_through_cross_attention(model):
-    m = make(model).eval()
+@pytest.mark.parametrize("model,over", [
+    ("id", {}), ("llminit", {}), ("llmesr", {}),
+    ("llmesr", {"use_cross_attention": True, "share_encoder": True})])   # the paper's views
+def test_default_preset_is_causal_through_cross_attention(model, over):
+    m = make(model, **over).eval()
     seq, pos = batch([[3, 7, 1, 9, 4, 12]], 6)
     base = m.encode(seq, pos)
     for t in range(5):

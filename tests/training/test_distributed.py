@@ -84,7 +84,8 @@ def _assert_same_run(a: Path, b: Path) -> None:
 @pytest.mark.parametrize("extra", [
     ["--model", "id", "--set", "loss=ce"],
     # the self-distillation (teachers split with their students) and the dual view
-    ["--model", "llmesr", "--set", "loss=bce"],
+    ["--model", "llmesr", "--set", "loss=bce", "--set", "alpha=0.1", "--set",
+     "use_cross_attention=true", "--set", "share_encoder=true"],
 ], ids=["id-ce", "llmesr-bce-sd"])
 def test_two_processes_match_one(ml100k, tmp_path, extra):
     _run(ml100k, tmp_path / "one", [*extra, "--epochs", "1"], 1)

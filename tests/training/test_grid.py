@@ -152,7 +152,7 @@ def test_variant_labels_name_the_preset_and_the_differing_settings(grid, tmp_pat
     from llmesr.models.config import PRESETS
 
     src = grid / "runs" / "sasrec-llmesr-seed1"
-    edits = {"nosd": {"model": {"alpha": 0.0}}, "paper": PRESETS["paper"]}
+    edits = {"sd": {"model": {"alpha": 0.5}}, "paper": PRESETS["paper"]}
     paths = [src]
     for name, edit in edits.items():
         dst = tmp_path / name
@@ -163,8 +163,9 @@ def test_variant_labels_name_the_preset_and_the_differing_settings(grid, tmp_pat
         (dst / "config.json").write_text(json.dumps(cfg))
         paths.append(dst)
     labels = sorted(v.label for v in group_variants([load_run_result(p) for p in paths]))
-    assert labels == ["llmesr (default, alpha=0.0)", "llmesr (default, alpha=0.1)",
-                      "llmesr (paper, alpha=0.1)"]
+    # a run off every preset names what differs, its preset switches included
+    assert labels == ["llmesr (custom, alpha=0.5, causal=True)", "llmesr (default)",
+                      "llmesr (paper)"], labels
     with pytest.raises(LlmesrError, match="same settings and seed"):
         group_variants([load_run_result(src), load_run_result(src)])
 

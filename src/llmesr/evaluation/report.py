@@ -280,7 +280,10 @@ def group_variants(runs: list[RunResult]) -> list[Variant]:
         if len(same) > 1:
             mine = v.runs[0].settings()
             presets = {preset_of(w.runs[0].settings()) for w in same}
-            diff = [f"{k[1]}={mine[k]}" for k in sorted(mine) if k not in preset_keys and
+            # a preset's own switches are named by the preset; a run that matches no preset
+            # names them like any other setting
+            skip = preset_keys if preset_of(mine) != "custom" else set()
+            diff = [f"{k[1]}={mine[k]}" for k in sorted(mine) if k not in skip and
                     any(w.runs[0].settings().get(k) != mine[k] for w in same if w is not v)]
             if len(presets) > 1:
                 diff.insert(0, preset_of(mine))
