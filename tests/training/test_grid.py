@@ -232,3 +232,24 @@ def test_beyond_accuracy_in_metrics_and_report(grid):
         np.mean(seeds))
     md = (grid / "report" / "report.md").read_text()
     assert "What the top 10 holds" in md and "tail user coverage" in md
+
+
+def test_another_models_switches_make_no_variant(grid, tmp_path):
+    """An id run made when the default preset's llmesr switches were other values is the
+    same model as one made after: those switches do nothing to id."""
+    import shutil
+
+    from llmesr.evaluation.report import group_variants, load_run_result
+
+    src = grid / "runs" / "sasrec-id-seed1"
+    dst = tmp_path / "id-other-era"
+    shutil.copytree(src, dst)
+    cfg = json.loads((dst / "config.json").read_text())
+    cfg["configs"]["model"].update(alpha=0.7, use_cross_attention=True, rlmrec_tau=0.5)
+    cfg["configs"]["train"]["seed"] = 2
+    (dst / "config.json").write_text(json.dumps(cfg))
+    variants = group_variants([load_run_result(src), load_run_result(dst)])
+    assert len(variants) == 1 and len(variants[0].runs) == 2 and variants[0].label == "id"
+    cfg["configs"]["model"]["dropout"] = 0.1          # a setting id has: another variant
+    (dst / "config.json").write_text(json.dumps(cfg))
+    assert len(group_variants([load_run_result(src), load_run_result(dst)])) == 2

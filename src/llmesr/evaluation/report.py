@@ -165,9 +165,13 @@ class RunResult:
         except (KeyError, TypeError, LlmesrError) as e:
             raise LlmesrError(f"{self.path / 'config.json'} has settings this llmesr does not "
                               f"know ({e})") from None
+        from llmesr.models.config import inert_settings
+
+        # settings with no effect on this model (another model's switches) make no variant
+        inert = {("model", k) for k in inert_settings(full["model"]["model"])}
         return {(part, k): (list(v) if isinstance(v, tuple) else v)
                 for part in ("model", "train") for k, v in full[part].items()
-                if (part, k) not in _NOT_VARIANT}
+                if (part, k) not in _NOT_VARIANT and (part, k) not in inert}
 
 
 def _read_json(path: Path, what: str) -> dict[str, Any]:
@@ -271,7 +275,7 @@ def group_variants(runs: list[RunResult]) -> list[Variant]:
         for name in sorted(PRESETS, key=lambda n: -sum(map(len, PRESETS[n].values()))):
             if all(settings.get((part, k)) == (list(v) if isinstance(v, tuple) else v)
                    for part in ("model", "train") for k, v in PRESETS[name][part].items()
-                   if (part, k) not in _NOT_VARIANT):
+                   if (part, k) not in _NOT_VARIANT and (part, k) in settings):
                 return name
         return "custom"
 

@@ -137,6 +137,26 @@ class ModelConfig:
         return self.model == "llmesr" and self.use_co_view and self.use_se_view
 
 
+#: settings that change nothing for some models (the dual view's, the self-distillation's,
+#: RLMRec's): runs that differ only in these are the same model (llmesr report)
+_DUAL_ONLY = ("use_co_view", "use_se_view", "use_cross_attention", "share_encoder",
+              "adapter_layers", "adapter_activation", "co_init", "freeze_semantic",
+              "cross_attention_residual", "causal_cross_attention", "alpha", "sd_teachers",
+              "teacher_dropout", "teacher_cache", "view_aux_loss", "se_pop_gate", "item_reg",
+              "beta")
+_RLMREC_ONLY = ("rlmrec_weight", "rlmrec_tau")
+
+
+def inert_settings(model: str) -> frozenset[str]:
+    """The ModelConfig fields that have no effect on ``model``."""
+    inert = set(_RLMREC_ONLY) if model != "rlmrec" else set()
+    if model != "llmesr":
+        inert.update(_DUAL_ONLY)
+    if model in ("id", "rlmrec"):
+        inert.add("co_dropout")
+    return frozenset(inert)
+
+
 @dataclass
 class TrainConfig:
     lr: float = 1e-3
