@@ -216,12 +216,16 @@ def ddp_speed(data: str, models: list[str], procs: int, threads: int, device: st
 def teacher_speed(data: str, presets: list[str], threads: int, device: str) -> list:
     """One epoch of LLM-ESR (SASRec) with exact and with cached teachers, against ``id``."""
     out = []
+    # the paper's views with self-distillation (alpha 0.1), on the preset's other settings:
+    # the default preset's LLM-ESR has no teachers
+    views = ["--set", "alpha=0.1", "--set", "use_cross_attention=true", "--set",
+             "share_encoder=true", "--set", "view_aux_loss=0"]
     for preset in presets:
         base = ["--preset", preset, "--set", f"device={device}"]
         idr = epoch_run(data, [*base, "--model", "id"], 1, threads)
         row = {"preset": preset, "id": idr}
         for cache in (0, -1):
-            r = epoch_run(data, [*base, "--model", "llmesr", "--set",
+            r = epoch_run(data, [*base, "--model", "llmesr", *views, "--set",
                                  f"teacher_cache={cache}"], 1, threads)
             r["vs_id"] = round(r["epoch_train_seconds"] / idr["epoch_train_seconds"], 2)
             row["exact" if cache == 0 else "cached_epoch"] = r
