@@ -534,7 +534,7 @@ def cmd_embed(args: argparse.Namespace) -> int:
     from llmesr.api import Dataset
 
     # strings: make_encoder converts each to its option's type and refuses unknown keys
-    from llmesr.training import distributed as ddp
+    from llmesr import distributed as ddp
 
     options: dict[str, Any] = dict(args.encoder_opt)
     # under torchrun: each process embeds a share of the texts into the shared cache
@@ -568,7 +568,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         overrides["seed"] = str(args.seed)
     if args.epochs is not None:
         overrides["epochs"] = str(args.epochs)
-    from llmesr.training import distributed as ddp
+    from llmesr import distributed as ddp
 
     mcfg, tcfg = build_configs(args.preset, args.backbone, args.model, overrides,
                                config=args.config)
@@ -899,7 +899,7 @@ def main(argv: list[str] | None = None) -> int:
                 "serve": cmd_serve, "tune": cmd_tune, "sweep": cmd_sweep}
     try:
         if args.command not in ("train", "embed"):
-            from llmesr.training import distributed as ddp
+            from llmesr import distributed as ddp
 
             if ddp.launched():
                 raise LlmesrError(f"'llmesr {args.command}' runs in one process; of the "

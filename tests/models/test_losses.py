@@ -247,6 +247,7 @@ def test_pop_gate_starts_at_one_and_scales_the_semantic_rows():
     e = gated.item_embeddings(ids)
     torch.testing.assert_close(e[:, :h], plain.item_embeddings(ids)[:, :h])   # co untouched
     torch.testing.assert_close(e[:, h:], plain.se.all()[1:31] * g[:, None])
+    assert torch.equal(plain.item_gate(ids), torch.ones(30))            # off: ones
     rare, common = int(np.argmin(counts)), int(np.argmax(counts))
     assert float(gated.item_gate(ids)[rare]) > float(gated.item_gate(ids)[common])
     # the gate learns: the CE loss sends it gradients; its counts are saved with the weights

@@ -22,7 +22,7 @@ import pytest
 from llmesr.api import Dataset
 from llmesr.semantic.encoders import HashingEncoder
 from llmesr.semantic.pipeline import embed
-from llmesr.training import distributed as ddp
+from llmesr import distributed as ddp
 
 pytestmark = pytest.mark.shared_data
 

@@ -200,9 +200,10 @@ class SequentialRecommender(nn.Module):
 
     def item_gate(self, ids: torch.Tensor | None = None) -> torch.Tensor:
         """The popularity gate g_i of ``ids`` (all rows for None); ones when it is off."""
-        logc = self.log_count if ids is None else self.log_count[ids]
         if self.pop_gate is None:
-            return torch.ones_like(logc)
+            return torch.ones(self.table_rows if ids is None else ids.shape,
+                              device=self._device())
+        logc = self.log_count if ids is None else self.log_count[ids]
         a, b = self.pop_gate
         return F.softplus(a + b * logc)
 

@@ -126,11 +126,11 @@ def embed_texts(texts: list[str], encode: Callable[[list[str]], np.ndarray],
     Returns the (len(texts), D) float32 matrix and counts ``{"texts", "unique", "cached",
     "computed"}``. Work is saved shard by shard, so an interrupted call loses at most one shard.
 
-    Under torchrun (``llmesr.training.distributed``) every process encodes every N-th of
+    Under torchrun (``llmesr.distributed``) every process encodes every N-th of
     the missing texts (in length order, so the shares cost alike) into the shared cache,
     waits for the others and reads their shards back: the cache is the merge point.
     """
-    from llmesr.training import distributed as ddp
+    from llmesr import distributed as ddp
 
     keys = [text_key(t) for t in texts]
     first: dict[bytes, int] = {}

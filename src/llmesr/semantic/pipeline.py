@@ -109,7 +109,7 @@ def embed(data_dir: str | Path, *, encoder: TextEncoder | str | None = None,
     cfg = (prompt or default_prompt_config(ds.manifest)).validate()
     make_dirs(Path(data_dir) / "semantic", "embeddings folder")
     out = make_dirs(Path(data_dir) / "semantic" / enc.slug, "embeddings folder")
-    from llmesr.training import distributed as ddp
+    from llmesr import distributed as ddp
 
     cache = EmbeddingCache(Path(cache_dir) if cache_dir else Path(data_dir) / "semantic" /
                            ".cache", enc.identity)
@@ -125,7 +125,7 @@ def embed(data_dir: str | Path, *, encoder: TextEncoder | str | None = None,
 def _embed(ds: SequenceDataset, data_dir: str | Path, enc: TextEncoder, cfg: PromptConfig,
            out: Path, cache: EmbeddingCache, *, pca_dim: int, neighbors: int, backend: str,
            users: bool, progress: bool, log, t_start: float) -> dict[str, Any]:
-    from llmesr.training import distributed as ddp
+    from llmesr import distributed as ddp
 
     # under torchrun every process embeds a share of the texts (embed_texts) and process 0
     # alone writes the folder, fits the PCA and searches the neighbours

@@ -40,7 +40,7 @@ from llmesr.models.distill import SelfDistillation
 from llmesr.models.recommender import SequentialRecommender
 from llmesr.models.views import densify_grads
 from llmesr.serving.bundle import write_bundle
-from llmesr.training import distributed as ddp
+from llmesr import distributed as ddp
 from llmesr.training.batches import BatchBuilder, TrainView, eval_inputs, to_tensors
 from llmesr.training.checkpoint import (checkpoint_complete, clear_run, load_training_state,
                                         load_weights, run_progress, save_training_state,
@@ -213,7 +213,7 @@ class Trainer:
         self.run_dir = Path(run_dir)
         self.mcfg, self.tcfg = mcfg, tcfg
         #: under torchrun: this process's rank and the number of processes (see
-        #: llmesr.training.distributed); rank 0 alone writes files, logs and shows bars
+        #: llmesr.distributed); rank 0 alone writes files, logs and shows bars
         self.rank, self.world = ddp.rank(), ddp.world_size()
         self.progress = progress and self.rank == 0
         self.log = log if self.rank == 0 else (lambda *a, **k: None)
@@ -470,7 +470,7 @@ class Trainer:
         w_rec = float((target > 0).sum()) / max(n_total, 1)
         w_sd = len(seq) / max(b_total, 1)
         with self._autocast():
-            us, ps, ns, students, rows, lasts = [], [], [], [], [], []
+            us, ps, ns, students, lasts = [], [], [], [], []
             for idx, w in self._chunks(seq):
                 s, p, tg = seq[idx, -w:], pos[idx, -w:], target[idx, -w:]
                 valid = tg > 0
@@ -483,16 +483,13 @@ class Trainer:
                 if self.distill is not None:
                     # the student: a second pass with its own dropout mask (the paper); a
                     # model without dropout would compute the same values again
-                    students.append(states[:, -1] if self.model.train_is_deterministic
-                                    else self.model.user_state(s, p))
-                    rows.append(idx)
+                    students.append((idx, states[:, -1] if self.model.train_is_deterministic
+                                     else self.model.user_state(s, p)))
             rec = self.model.rec_loss_flat(torch.cat(us), torch.cat(ps), torch.cat(ns))
             loss = w_rec * rec
             parts = {"rec": w_rec * float(rec.detach())}
             if self.distill is not None:
-                student = torch.empty(len(seq), self.model.state_dim, device=seq.device,
-                                      dtype=students[0].dtype)
-                student[torch.cat(rows)] = torch.cat(students)
+                student = self._in_batch_order(students, len(seq))
                 if self.teacher_cache:
                     sd = self.distill.loss(student, self._teachers[t["teacher_rows"]])
                 else:
@@ -502,10 +499,8 @@ class Trainer:
                 parts["sd"] = w_sd * float(sd.detach())
             if lasts:
                 # RLMRec-Con's alignment, in-batch (with several ranks: each its share)
-                h_u = torch.empty(len(seq), self.model.state_dim, device=seq.device,
-                                  dtype=lasts[0][1].dtype)
-                h_u[torch.cat([i for i, _ in lasts])] = torch.cat([s for _, s in lasts])
-                al = self.model.align_loss(h_u, t["user_rows"], torch.cat([seq, target], 1))
+                al = self.model.align_loss(self._in_batch_order(lasts, len(seq)),
+                                           t["user_rows"], torch.cat([seq, target], 1))
                 loss = loss + self.mcfg.rlmrec_weight / self.world * al
                 parts["align"] = float(al.detach()) / self.world
             if self.mcfg.item_reg:
@@ -516,6 +511,18 @@ class Trainer:
                 parts["reg"] = float(reg.detach()) / self.world
         parts["loss"] = float(loss.detach())
         return loss * self.world, parts
+
+    def _load_checkpoint(self) -> dict[str, Any]:
+        return load_training_state(self.run_dir / "checkpoint", self.model, self.optimizer,
+                                   self.rng)
+
+    @staticmethod
+    def _in_batch_order(parts: list[tuple[torch.Tensor, torch.Tensor]], n: int) -> torch.Tensor:
+        """(batch rows, values) of the length groups, put back in the batch's row order."""
+        first = parts[0][1]
+        out = torch.empty(n, *first.shape[1:], device=first.device, dtype=first.dtype)
+        out[torch.cat([i for i, _ in parts])] = torch.cat([v for _, v in parts])
+        return out
 
     def refresh_teachers(self, chunk: int = 8192) -> None:
         """Every user's state from its training input (the teachers' input), with the
@@ -561,14 +568,11 @@ class Trainer:
             raise
 
     def _discard_failed_start(self) -> None:
-        if self.rank != 0:
-            return
-        self._discard_failed_start_files()
-
-    def _discard_failed_start_files(self) -> None:
         """After a failure before the first checkpoint, remove what this run wrote into a
         folder that was missing or empty (or held only a failed start), so that the next try
-        is not blocked; a run with a checkpoint is kept for --resume."""
+        is not blocked; a run with a checkpoint is kept for --resume. (Rank 0's files.)"""
+        if self.rank != 0:
+            return
         if not self._discard_on_failure or checkpoint_complete(self.run_dir / "checkpoint"):
             return
         if self._made_dirs and self._made_dirs[0] == self.run_dir:
@@ -594,11 +598,12 @@ class Trainer:
         state = {"epoch": 0, "best_score": -1.0, "best_epoch": 0, "bad_epochs": 0,
                  "train_seconds": 0.0, "history": []}
         if self.resume:
-            for turn in (0, 1):  # rank 0 first: it may recover an interrupted save
-                if (self.rank == 0) == (turn == 0):
-                    state = load_training_state(self.run_dir / "checkpoint", self.model,
-                                                self.optimizer, self.rng)
-                ddp.barrier()
+            # rank 0 first: it may recover an interrupted save, which the others then read
+            if main:
+                state = self._load_checkpoint()
+            ddp.barrier()
+            if not main:
+                state = self._load_checkpoint()
             if main:
                 trim_train_log(self.run_dir / "train_log.csv", state["epoch"])
             self.log(f"resuming after epoch {state['epoch']}")
