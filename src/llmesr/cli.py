@@ -157,10 +157,13 @@ def build_parser() -> argparse.ArgumentParser:
     imp.add_argument("--overwrite", action="store_true")
 
     tr = sub.add_parser(
-        "train", help="train a model (id, llminit, llmesr, rlmrec) on a prepared dataset",
+        "train", help="train a model (id, llminit, llmesr, rlmrec, cities) on a prepared "
+                      "dataset",
         description="Train SASRec / Bert4Rec / GRU4Rec, plain (id), with an LLM-initialised ID "
-                    "table (llminit) or with LLM-ESR (llmesr), early-stopped on validation "
-                    "NDCG@10, then evaluate the test split. Settings: --set key=value for any "
+                    "table (llminit), with LLM-ESR (llmesr), with RLMRec-Con's profile "
+                    "alignment (rlmrec) or plain and then CITIES' inferred tail-item rows "
+                    "(cities), early-stopped on validation NDCG@10, then evaluate the test "
+                    "split. Settings: --set key=value for any "
                     "field of llmesr.models.config.ModelConfig / TrainConfig (e.g. alpha=0, "
                     "use_cross_attention=false, adapter_layers=1, co_init=random, "
                     "share_encoder=false, loss=ce, patience=5, valid_protocol=sampled). "
@@ -173,6 +176,8 @@ def build_parser() -> argparse.ArgumentParser:
                "runs/llmesr-sasrec\n  llmesr train data/beauty --model id --preset paper "
                "--seed 43 --epochs 50 --set patience=5 --out runs/id-paper-43\n"
                "  llmesr train data/beauty --model llmesr --set alpha=0 --out runs/no-sd\n"
+               "  llmesr train data/beauty --model cities --init-from runs/id-sasrec "
+               "--out runs/cities\n"
                "  llmesr train data/beauty --config tune-id/best.yaml --seed 43 --out runs/t43\n"
                "  llmesr train data/beauty --config runs/no-sd --set alpha=0.5 --out runs/a05\n"
                "\nrun.yaml:\n  model: {model: id, backbone: sasrec, loss: ce, dropout: 0.3}\n"
@@ -185,6 +190,9 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--embeddings", help="folder under DATA_DIR/semantic/ (default: the first)")
     tr.add_argument("--out", required=True, help="run directory")
     tr.add_argument("--resume", action="store_true", help="continue an interrupted run")
+    tr.add_argument("--init-from", metavar="RUN",
+                    help="--model cities: take the backbone from this finished id run (same "
+                         "dataset and architecture) instead of training it")
     tr.add_argument("--overwrite", action="store_true", help="start the run directory again")
     tr.add_argument("--quiet", action="store_true")
 
@@ -232,7 +240,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     rpr = sub.add_parser(
         "reproduce", help="train a models x backbones x seeds grid, then report it",
-        description="Train {id, llminit, llmesr, rlmrec} x {sasrec, bert4rec, gru4rec} x seeds "
+        description="Train {id, llminit, llmesr, rlmrec, cities} x {sasrec, bert4rec, gru4rec} "
+                    "x seeds "
                     "on a prepared and embedded dataset into OUT/runs/, then write OUT/report/ "
                     "(see 'llmesr report'). Run it again to continue: finished runs are kept, "
                     "interrupted ones resume.",
@@ -426,7 +435,8 @@ def build_parser() -> argparse.ArgumentParser:
 def _model_flags(p: argparse.ArgumentParser,
                  set_help: str = "any model or training setting (repeatable)") -> None:
     """--model, --backbone, --preset, --config and --set, shared by train, tune and sweep."""
-    p.add_argument("--model", help="id | llminit | llmesr | rlmrec (default: the --config "
+    p.add_argument("--model", help="id | llminit | llmesr | rlmrec | cities (default: the "
+                   "--config "
                    "file's, else llmesr)")
     p.add_argument("--backbone", help="sasrec | bert4rec | gru4rec (default: the --config "
                    "file's, else sasrec)")
@@ -577,7 +587,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     try:
         trainer = Trainer(args.dir, mcfg, tcfg, args.out, embeddings=args.embeddings,
                           resume=args.resume, overwrite=args.overwrite,
-                          progress=not args.quiet,
+                          progress=not args.quiet, init_from=args.init_from,
                           log=(lambda *a, **k: None) if args.quiet else print)
         if trainer.world > 1:
             trainer.log(f"distributed: {trainer.world} processes "

@@ -72,13 +72,23 @@ def _assert_same_run(a: Path, b: Path) -> None:
     ma = json.loads((a / "metrics.json").read_text())
     mb = json.loads((b / "metrics.json").read_text())
     for protocol in ("full", "sampled"):
+        counts = ma["test"][protocol]["counts"]
+        assert mb["test"][protocol]["counts"] == counts
         for group, values in ma["test"][protocol].items():
+            if group == "counts":
+                continue
+            # the gradient summed over two ranks rounds differently from one sum: a near tie
+            # may flip, and one user moves a group's HR / NDCG by at most 1 / its users
+            tol = 2.0 / max(counts[group], 1)
             for metric, v in values.items():
                 assert mb["test"][protocol][group][metric] == pytest.approx(
-                    v, rel=1e-4, abs=1e-6), (protocol, group, metric)
+                    v, rel=1e-4, abs=tol), (protocol, group, metric)
     ra, rb = (np.load(r / "ranks_test_full.npy") for r in (a, b))
     assert ra.shape == rb.shape
-    assert np.mean(ra == rb) > 0.99      # a near tie may round to a neighbouring rank
+    # a near tie may round to a neighbouring rank (ml-100k after one epoch: 7% of the users
+    # one or two places apart, out of ranks in the hundreds, with equal losses)
+    diff = np.abs(ra.astype(np.int64) - rb)
+    assert np.mean(diff <= 1) > 0.99 and diff.max() <= 5
 
 
 @pytest.mark.parametrize("extra", [

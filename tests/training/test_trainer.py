@@ -29,9 +29,10 @@ def _train(data, out, model="llmesr", backbone="sasrec", preset="default", **ove
 
 
 @pytest.mark.parametrize("backbone", ["sasrec", "bert4rec", "gru4rec"])
-@pytest.mark.parametrize("model", ["id", "llminit", "llmesr", "rlmrec"])
+@pytest.mark.parametrize("model", ["id", "llminit", "llmesr", "rlmrec", "cities"])
 def test_every_model_and_backbone_trains(beauty_subset, tmp_path, model, backbone):
-    m = _train(beauty_subset, tmp_path / "run", model, backbone, epochs=1).fit()
+    extra = {"cities_epochs": 2} if model == "cities" else {}
+    m = _train(beauty_subset, tmp_path / "run", model, backbone, epochs=1, **extra).fit()
     for protocol in ("full", "sampled"):
         res = m["test"][protocol]
         assert res["counts"]["overall"] == USERS
@@ -43,6 +44,9 @@ def test_every_model_and_backbone_trains(beauty_subset, tmp_path, model, backbon
         assert rows[0]["sd"] == ""
     if model == "rlmrec":
         assert float(rows[0]["align"]) > 0
+    if model == "cities":
+        rec = json.loads((tmp_path / "run" / "cities.json").read_text())
+        assert rec["replaced"] > 0 and m["cities"] == rec
 
 
 def test_same_seed_same_losses(beauty_subset, tmp_path):
@@ -208,3 +212,49 @@ def test_pop_gate_trains_and_reloads(beauty_subset, tmp_path):
     torch.testing.assert_close(model.log_count, tr.model.log_count.cpu())
     assert float(model.log_count.max()) > 0
     assert not torch.equal(model.pop_gate.detach(), torch.tensor([np.log(np.e - 1), 0.0]))
+
+
+def test_cities_stage_reruns_alone_after_a_kill_and_reuses_an_id_run(beauty_subset, tmp_path):
+    from safetensors.torch import load_file as _load
+
+    def load_file(path):          # copies: safetensors maps the file, rewritten below
+        return {k: v.clone() for k, v in _load(path).items()}
+
+    run = tmp_path / "cities"
+    _train(beauty_subset, run, "cities", epochs=1, patience=5, cities_epochs=2).fit()
+    first = load_file(str(run / "model.safetensors"))
+    backbone = load_file(str(run / "backbone.safetensors"))
+    changed = (first["co.embedding.weight"] != backbone["co.embedding.weight"]).any(1)
+    rec = json.loads((run / "cities.json").read_text())
+    assert int(changed.sum()) == rec["replaced"] > 0
+    # killed inside the stage: the best weights are still the backbone's, no record yet
+    (run / "cities.json").unlink()
+    (run / "metrics.json").unlink()
+    (run / "model.safetensors").write_bytes((run / "backbone.safetensors").read_bytes())
+    mcfg, tcfg = build_configs("default", "sasrec", "cities", {
+        "epochs": "1", "patience": "5", "max_len": "30", "sd_teachers": "3",
+        "cities_epochs": "2"})
+    Trainer(beauty_subset, mcfg, tcfg, run, resume=True, progress=False,
+            log=lambda *a: None).fit()
+    again = load_file(str(run / "model.safetensors"))
+    rec2 = json.loads((run / "cities.json").read_text())
+    assert rec2 == rec
+    assert [k for k in first if not torch.equal(first[k], again[k])] == []
+    # --init-from: an id run's weights are the backbone, bit for bit
+    _train(beauty_subset, tmp_path / "id", "id", epochs=1).fit()
+    mcfg, tcfg = build_configs("default", "sasrec", "cities", {
+        "max_len": "30", "cities_epochs": "1"})
+    m = Trainer(beauty_subset, mcfg, tcfg, tmp_path / "c2", progress=False,
+                log=lambda *a: None, init_from=tmp_path / "id").fit()
+    idw = load_file(str(tmp_path / "id" / "model.safetensors"))
+    bb = load_file(str(tmp_path / "c2" / "backbone.safetensors"))
+    assert all(torch.equal(idw[k], bb[k]) for k in idw)
+    assert m["epochs"] == 0 and m["backbone_from"] == str(tmp_path / "id")
+    mcfg, tcfg = build_configs("default", "sasrec", "cities", {"max_len": "50"})
+    with pytest.raises(LlmesrError, match="max_len differ"):
+        Trainer(beauty_subset, mcfg, tcfg, tmp_path / "c3", progress=False,
+                log=lambda *a: None, init_from=tmp_path / "id").fit()
+    mcfg, tcfg = build_configs("default", "sasrec", "llminit", {"max_len": "30"})
+    with pytest.raises(LlmesrError, match="model cities"):
+        Trainer(beauty_subset, mcfg, tcfg, tmp_path / "c4", progress=False,
+                init_from=tmp_path / "id")

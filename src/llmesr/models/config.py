@@ -20,7 +20,7 @@ from llmesr.config import (Bool, Choice, Choices, Float, Int, Setting, Str, chec
                            read_settings_file, unknown_setting, write_text_atomic)
 from llmesr.errors import LlmesrError
 
-MODELS = ("id", "llminit", "llmesr", "rlmrec")
+MODELS = ("id", "llminit", "llmesr", "rlmrec", "cities")
 BACKBONES = ("sasrec", "bert4rec", "gru4rec")
 LOSSES = ("bce", "ce", "sampled_ce", "gbce")   # see llmesr.models.losses
 SAMPLERS = ("uniform", "popularity", "in_batch")
@@ -29,7 +29,9 @@ SAMPLERS = ("uniform", "popularity", "in_batch")
 @dataclass
 class ModelConfig:
     #: id (plain backbone) | llminit (ID table from PCA of LLM embeddings) | llmesr |
-    #: rlmrec (the plain backbone with RLMRec-Con's profile alignment, llmesr.models.rlmrec)
+    #: rlmrec (the plain backbone with RLMRec-Con's profile alignment, llmesr.models.rlmrec) |
+    #: cities (the plain backbone, then its tail items' rows inferred from their contexts,
+    #: llmesr.models.cities)
     model: str = "llmesr"
     #: sasrec | bert4rec | gru4rec
     backbone: str = "sasrec"
@@ -94,6 +96,23 @@ class ModelConfig:
     #: configs' ranges: λ 1e-3..1e-1, τ 0.1..1; LightGCN on Amazon/Yelp: 0.01 and 0.2)
     rlmrec_weight: float = 0.01
     rlmrec_tau: float = 0.2
+    # ---- CITIES (model = cities; llmesr.models.cities) --------------------------------------
+    #: the method's own head/tail split for training F: head = more than this many training
+    #: occurrences (the official code: 5); evaluation keeps the dataset's groups
+    cities_head_count: int = 5
+    #: contexts per item while training F: K ~ U{1..this} a batch (official: 10)
+    cities_max_shots: int = 10
+    #: F's epochs at most, its early-stopping patience (validation MSE) and learning rate.
+    #: The official code: 10^5 epochs, patience 10, lr 1e-4 (on a GPU). An epoch of F costs
+    #: about 45 s on one CPU thread on beauty-s3rec, and at 1e-4 F is far from converged
+    #: after tens of epochs: the defaults trade that for 1e-3 and a short budget.
+    cities_epochs: int = 20
+    cities_patience: int = 3
+    cities_lr: float = 1e-3
+    #: the sinusoidal positions as intended (the official code's divisor bug: False)
+    cities_pe_fix: bool = True
+    #: infer with F's best epoch (the official code keeps the last one: False)
+    cities_restore_best: bool = True
     #: item regularisation (SPEC §4.8; off in the paper's scripts)
     item_reg: bool = False
     beta: float = 0.1
@@ -122,7 +141,8 @@ class ModelConfig:
         check_settings(self, MODEL_FIELDS)      # each field's type and range (the table)
         if self.model == "llmesr" and not (self.use_co_view or self.use_se_view):
             raise LlmesrError("LLM-ESR needs at least one of use_co_view / use_se_view")
-        if self.co_dropout and (self.model == "id" or self.co_init != "pca"):
+        if self.co_dropout and (self.model in ("id", "rlmrec", "cities")
+                                or self.co_init != "pca"):
             raise LlmesrError("co_dropout replaces collaborative rows by their PCA "
                               "initialisation: it needs model llminit or llmesr with co_init=pca")
         if self.hidden % self.heads:
@@ -145,14 +165,18 @@ _DUAL_ONLY = ("use_co_view", "use_se_view", "use_cross_attention", "share_encode
               "teacher_dropout", "teacher_cache", "view_aux_loss", "se_pop_gate", "item_reg",
               "beta")
 _RLMREC_ONLY = ("rlmrec_weight", "rlmrec_tau")
+_CITIES_ONLY = ("cities_head_count", "cities_max_shots", "cities_epochs", "cities_patience",
+                "cities_lr", "cities_pe_fix", "cities_restore_best")
 
 
 def inert_settings(model: str) -> frozenset[str]:
     """The ModelConfig fields that have no effect on ``model``."""
     inert = set(_RLMREC_ONLY) if model != "rlmrec" else set()
+    if model != "cities":
+        inert.update(_CITIES_ONLY)
     if model != "llmesr":
         inert.update(_DUAL_ONLY)
-    if model in ("id", "rlmrec"):
+    if model in ("id", "rlmrec", "cities"):
         inert.add("co_dropout")
     return frozenset(inert)
 
@@ -231,6 +255,13 @@ MODEL_FIELDS: dict[str, Setting] = {
     "rlmrec_weight": Float(0),
     "rlmrec_tau": Float(0, low_open=True),
     "beta": Float(0),
+    "cities_head_count": Int(0),
+    "cities_max_shots": Int(1),
+    "cities_epochs": Int(1),
+    "cities_patience": Int(1),
+    "cities_lr": Float(0, low_open=True),
+    "cities_pe_fix": Bool(),
+    "cities_restore_best": Bool(),
     "loss": Choice(*LOSSES),
     "sampled_negatives": Int(1),
     "negative_sampler": Choice(*SAMPLERS),
@@ -259,7 +290,9 @@ TRAIN_FIELDS: dict[str, Setting] = {
 PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     "paper": {
         "model": {"causal": False, "mask_padded_keys": False, "gru_mask_padding": False,
-                  "causal_cross_attention": False, "teacher_dropout": True},
+                  "causal_cross_attention": False, "teacher_dropout": True,
+                  # CITIES' official code: its positional-encoding bug, the last epoch's F
+                  "cities_pe_fix": False, "cities_restore_best": False},
         "train": {"valid_protocol": "sampled", "resample_negatives": True,
                   "ties": "optimistic", "exclude_seen": False},
     },

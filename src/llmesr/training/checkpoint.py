@@ -323,10 +323,11 @@ def load_training_state(folder: Path, model: torch.nn.Module,
 # ---- the run directory, for (re)starting and resuming ----------------------------------------
 #: what training writes into a run directory (RUN_DIR/added_items/ is serving's, kept)
 RUN_FILES = ("config.json", "config.yaml", "bundle", "tensorboard", "train_log.csv",
-             "model.safetensors", "checkpoint", "metrics.json")
+             "model.safetensors", "checkpoint", "metrics.json", "backbone.safetensors",
+             "cities.json")
 #: what a run holds until its first checkpoint is saved: nothing worth keeping
 _BEFORE_FIRST_EPOCH = {"config.json", "config.yaml", "bundle", "tensorboard",
-                       "train_log.csv", "model.safetensors"}
+                       "train_log.csv", "model.safetensors", "backbone.safetensors"}
 
 
 def _is_run_config(path: Path) -> bool:
@@ -394,7 +395,8 @@ def clear_run(run_dir: Path) -> None:
         doomed += [p for p in swap_names(run_dir / name)]
     legacy = _legacy_checkpoints(run_dir / "checkpoint")
     doomed += legacy if ours else legacy[:-1]                 # checkpoint.old: only a run's
-    doomed += [run_dir / ".model.safetensors.tmp", run_dir / ".bundle.lock"]
+    doomed += [run_dir / ".model.safetensors.tmp", run_dir / ".bundle.lock",
+               run_dir / ".backbone.safetensors.tmp"]
     for p in doomed:
         if p.exists() or p.is_symlink():
             _remove(p)

@@ -208,7 +208,8 @@ class Trainer:
     def __init__(self, data_dir: str | Path, mcfg: ModelConfig, tcfg: TrainConfig,
                  run_dir: str | Path, *, embeddings: str | None = None, resume: bool = False,
                  overwrite: bool = False, progress: bool = True, log=print,
-                 evaluate_only: bool = False, on_epoch=None):
+                 evaluate_only: bool = False, on_epoch=None,
+                 init_from: str | Path | None = None):
         self.data_dir = Path(data_dir)
         self.run_dir = Path(run_dir)
         self.mcfg, self.tcfg = mcfg, tcfg
@@ -220,6 +221,11 @@ class Trainer:
         #: called as on_epoch(epoch, validation metrics) after each epoch is saved; it may raise
         #: to stop training (llmesr tune prunes trials this way)
         self.on_epoch = on_epoch
+        #: cities: a finished id run whose weights are the pretrained backbone (no stage 1)
+        self.init_from = Path(init_from) if init_from else None
+        if self.init_from is not None and mcfg.model != "cities":
+            raise LlmesrError("--init-from reuses a trained backbone for --model cities; "
+                              f"model {mcfg.model} trains its own")
         # folders fit() makes (deepest first), removed again if it fails before a checkpoint
         self._made_dirs = [d for d in (self.run_dir, *self.run_dir.parents) if not d.exists()]
         progress_ = "other" if evaluate_only else run_progress(self.run_dir)
@@ -609,7 +615,11 @@ class Trainer:
             self.log(f"resuming after epoch {state['epoch']}")
         writer = self._tensorboard() if main else None
         bs = self.tcfg.batch_size
-        while state["epoch"] < self.tcfg.epochs and state["bad_epochs"] < self.tcfg.patience:
+        if self.init_from is not None and not self.resume:
+            self._take_backbone(self.init_from)
+            state["from_run"] = str(self.init_from)
+        while (self.init_from is None and state["epoch"] < self.tcfg.epochs
+               and state["bad_epochs"] < self.tcfg.patience):
             epoch = state["epoch"] + 1
             self.model.train()
             if self.world > 1:
@@ -676,7 +686,78 @@ class Trainer:
                     raise
         if writer is not None:
             writer.close()
+        if self.mcfg.model == "cities":
+            self._cities_stage()
         return self.finish(state)
+
+    # ---- CITIES: the post-hoc stage (llmesr.models.cities) ---------------------------------
+    def _take_backbone(self, run: Path) -> None:
+        """--init-from: the pretrained backbone's weights from a finished id run of the same
+        dataset and architecture, as this run's best weights."""
+        try:
+            other = json.loads((run / "config.json").read_text())
+            omcfg, _ = configs_from_dict(other["configs"])
+        except FileNotFoundError:
+            raise LlmesrError(f"--init-from {run}: not a run directory (no config.json)"
+                              ) from None
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise LlmesrError(f"--init-from {run}: cannot read config.json ({e})") from None
+        if omcfg.model not in ("id", "cities"):
+            raise LlmesrError(f"--init-from {run}: a {omcfg.model} run; CITIES starts from a "
+                              "plain backbone (model id)")
+        same = ("backbone", "hidden", "layers", "heads", "max_len", "causal",
+                "mask_padded_keys", "gru_mask_padding")
+        diff = [k for k in same if getattr(omcfg, k) != getattr(self.mcfg, k)]
+        if diff:
+            raise LlmesrError(f"--init-from {run}: its {', '.join(diff)} differ from this "
+                              "run's; pass the same settings (e.g. --config RUN)")
+        mine = sha256_file(self.data_dir / "manifest.json")
+        if other.get("dataset", {}).get("manifest_sha256") != mine:
+            raise LlmesrError(f"--init-from {run}: trained on another dataset (manifest "
+                              "checksum differs)")
+        if not (run / "model.safetensors").is_file():
+            raise LlmesrError(f"--init-from {run}: no trained weights (model.safetensors)")
+        load_weights(self.model, run / "model.safetensors")
+        if self.rank == 0:
+            save_weights(self.model, self.run_dir / "model.safetensors")
+        ddp.barrier()
+
+    def _cities_stage(self) -> None:
+        """Replace the tail items' rows of the best backbone by CITIES' inferred ones, once:
+        the backbone's weights are kept as backbone.safetensors and the record as
+        cities.json, so a run killed here redoes only this stage on --resume."""
+        from llmesr.models import cities
+
+        record = self.run_dir / "cities.json"
+        if record.is_file():
+            return
+        backbone = self.run_dir / "backbone.safetensors"
+        main = self.rank == 0
+        if main:
+            if not backbone.is_file():
+                if not (self.run_dir / "model.safetensors").is_file():
+                    raise LlmesrError("cities: the backbone has no best weights to start from")
+                shutil.copyfile(self.run_dir / "model.safetensors",
+                                backbone.with_name(".backbone.safetensors.tmp"))
+                backbone.with_name(".backbone.safetensors.tmp").replace(backbone)
+            load_weights(self.model, backbone)
+            m = self.mcfg
+            ctx = cities.Contexts.build(self.view.items, self.view.starts,
+                                        self.view.train_len, self.ds.num_items)
+            table = self.model.co.embedding.weight
+            mask_row = table[self.model.mask_token].detach() if m.backbone == "bert4rec" \
+                else None
+            new, info = cities.infer_tail_items(
+                table.detach(), ctx, head_count=m.cities_head_count,
+                max_shots=m.cities_max_shots, epochs=m.cities_epochs,
+                patience=m.cities_patience, lr=m.cities_lr, pe_fix=m.cities_pe_fix,
+                restore_best=m.cities_restore_best, mask_row=mask_row, seed=self.tcfg.seed,
+                log=self.log, progress=self.progress)
+            with torch.no_grad():
+                table.copy_(new)
+            save_weights(self.model, self.run_dir / "model.safetensors")
+            write_json_atomic(record, info)
+        ddp.barrier()
 
     def finish(self, state: dict[str, Any], protocols: tuple[str, ...] | None = None
                ) -> dict[str, Any]:
@@ -700,6 +781,10 @@ class Trainer:
         vranks, vrows = self.evaluate("valid", self.tcfg.valid_protocol, state["best_epoch"])
         metrics["valid"][self.tcfg.valid_protocol] = self.grouped(vranks, vrows,
                                                                   self.valid_targets)
+        if (self.run_dir / "cities.json").is_file():
+            metrics["cities"] = json.loads((self.run_dir / "cities.json").read_text())
+        if state.get("from_run"):
+            metrics["backbone_from"] = state["from_run"]
         metrics.update(best_epoch=state["best_epoch"], epochs=state["epoch"],
                        train_seconds=round(state["train_seconds"], 2),
                        stopped_early=state["bad_epochs"] >= self.tcfg.patience,

@@ -123,6 +123,9 @@ SPACES: dict[str, dict[str, Param]] = {
     "llminit": _NO_HIDDEN,
     "rlmrec": {**COMMON, "rlmrec_weight": Choice(0.001, 0.01, 0.1),
                "rlmrec_tau": Choice(0.1, 0.2, 0.5)},
+    # the backbone's space and CITIES' own split and shots (the official 5 and 10 inside)
+    "cities": {**COMMON, "cities_head_count": Choice(3, 5, 10),
+               "cities_max_shots": Choice(3, 5, 10)},
     "llmesr": {**_NO_HIDDEN,
                # the paper's grid for both (its figure 4)
                "alpha": Choice(0.0, 0.01, 0.05, 0.1, 0.5, 1.0),
