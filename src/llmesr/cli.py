@@ -157,12 +157,14 @@ def build_parser() -> argparse.ArgumentParser:
     imp.add_argument("--overwrite", action="store_true")
 
     tr = sub.add_parser(
-        "train", help="train a model (id, llminit, llmesr, rlmrec, cities) on a prepared "
+        "train", help="train a model (id, llminit, llmesr, rlmrec, cities, melt) on a "
+                      "prepared "
                       "dataset",
         description="Train SASRec / Bert4Rec / GRU4Rec, plain (id), with an LLM-initialised ID "
                     "table (llminit), with LLM-ESR (llmesr), with RLMRec-Con's profile "
-                    "alignment (rlmrec) or plain and then CITIES' inferred tail-item rows "
-                    "(cities), early-stopped on validation NDCG@10, then evaluate the test "
+                    "alignment (rlmrec), plain and then CITIES' inferred tail-item rows "
+                    "(cities), or plain and then MELT's user and item branches (melt), "
+                    "early-stopped on validation NDCG@10, then evaluate the test "
                     "split. Settings: --set key=value for any "
                     "field of llmesr.models.config.ModelConfig / TrainConfig (e.g. alpha=0, "
                     "use_cross_attention=false, adapter_layers=1, co_init=random, "
@@ -178,6 +180,8 @@ def build_parser() -> argparse.ArgumentParser:
                "  llmesr train data/beauty --model llmesr --set alpha=0 --out runs/no-sd\n"
                "  llmesr train data/beauty --model cities --init-from runs/id-sasrec "
                "--out runs/cities\n"
+               "  llmesr train data/beauty --model melt --init-from runs/id-sasrec "
+               "--out runs/melt\n"
                "  llmesr train data/beauty --config tune-id/best.yaml --seed 43 --out runs/t43\n"
                "  llmesr train data/beauty --config runs/no-sd --set alpha=0.5 --out runs/a05\n"
                "\nrun.yaml:\n  model: {model: id, backbone: sasrec, loss: ce, dropout: 0.3}\n"
@@ -191,8 +195,8 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--out", required=True, help="run directory")
     tr.add_argument("--resume", action="store_true", help="continue an interrupted run")
     tr.add_argument("--init-from", metavar="RUN",
-                    help="--model cities: take the backbone from this finished id run (same "
-                         "dataset and architecture) instead of training it")
+                    help="--model cities or melt: take the backbone from this finished id "
+                         "run (same dataset and architecture) instead of training it")
     tr.add_argument("--overwrite", action="store_true", help="start the run directory again")
     tr.add_argument("--quiet", action="store_true")
 
@@ -240,8 +244,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     rpr = sub.add_parser(
         "reproduce", help="train a models x backbones x seeds grid, then report it",
-        description="Train {id, llminit, llmesr, rlmrec, cities} x {sasrec, bert4rec, gru4rec} "
-                    "x seeds "
+        description="Train {id, llminit, llmesr, rlmrec, cities, melt} x "
+                    "{sasrec, bert4rec, gru4rec} x seeds "
                     "on a prepared and embedded dataset into OUT/runs/, then write OUT/report/ "
                     "(see 'llmesr report'). Run it again to continue: finished runs are kept, "
                     "interrupted ones resume.",
@@ -435,9 +439,8 @@ def build_parser() -> argparse.ArgumentParser:
 def _model_flags(p: argparse.ArgumentParser,
                  set_help: str = "any model or training setting (repeatable)") -> None:
     """--model, --backbone, --preset, --config and --set, shared by train, tune and sweep."""
-    p.add_argument("--model", help="id | llminit | llmesr | rlmrec | cities (default: the "
-                   "--config "
-                   "file's, else llmesr)")
+    p.add_argument("--model", help="id | llminit | llmesr | rlmrec | cities | melt (default: "
+                   "the --config file's, else llmesr)")
     p.add_argument("--backbone", help="sasrec | bert4rec | gru4rec (default: the --config "
                    "file's, else sasrec)")
     p.add_argument("--preset", help="default (bugs fixed) | paper (the original code's "

@@ -29,16 +29,17 @@ def _train(data, out, model="llmesr", backbone="sasrec", preset="default", **ove
 
 
 @pytest.mark.parametrize("backbone", ["sasrec", "bert4rec", "gru4rec"])
-@pytest.mark.parametrize("model", ["id", "llminit", "llmesr", "rlmrec", "cities"])
+@pytest.mark.parametrize("model", ["id", "llminit", "llmesr", "rlmrec", "cities", "melt"])
 def test_every_model_and_backbone_trains(beauty_subset, tmp_path, model, backbone):
-    extra = {"cities_epochs": 2} if model == "cities" else {}
+    extra = {"cities": {"cities_epochs": 2}, "melt": {"melt_epochs": 1}}.get(model, {})
     m = _train(beauty_subset, tmp_path / "run", model, backbone, epochs=1, **extra).fit()
     for protocol in ("full", "sampled"):
         res = m["test"][protocol]
         assert res["counts"]["overall"] == USERS
         assert 0.0 <= res["overall"]["NDCG@10"] <= res["overall"]["HR@10"] <= 1.0
     rows = list(csv.DictReader(open(tmp_path / "run" / "train_log.csv")))
-    assert len(rows) == 1 and np.isfinite(float(rows[0]["loss"]))
+    assert len(rows) == (2 if model == "melt" else 1)
+    assert all(np.isfinite(float(r["loss"])) for r in rows)
     if model == "llmesr":
         # the default preset has no self-distillation (alpha 0): its log has no sd value
         assert rows[0]["sd"] == ""
@@ -47,6 +48,11 @@ def test_every_model_and_backbone_trains(beauty_subset, tmp_path, model, backbon
     if model == "cities":
         rec = json.loads((tmp_path / "run" / "cities.json").read_text())
         assert rec["replaced"] > 0 and m["cities"] == rec
+    if model == "melt":
+        # stage 1 (the backbone) logs no branch loss; stage 2 logs both
+        assert rows[0]["melt_user"] == "" and float(rows[1]["melt_item"]) > 0
+        assert float(rows[1]["melt_user"]) > 0 and m["melt"]["head_users"] > 0
+        assert m["melt"]["stage1"]["epochs"] == 1 and m["epochs"] == 2
 
 
 def test_same_seed_same_losses(beauty_subset, tmp_path):
@@ -258,3 +264,45 @@ def test_cities_stage_reruns_alone_after_a_kill_and_reuses_an_id_run(beauty_subs
     with pytest.raises(LlmesrError, match="model cities"):
         Trainer(beauty_subset, mcfg, tcfg, tmp_path / "c4", progress=False,
                 init_from=tmp_path / "id")
+
+
+def test_melt_resumes_inside_its_second_stage_and_starts_from_an_id_run(beauty_subset,
+                                                                        tmp_path):
+    settings = {"epochs": "1", "patience": "5", "max_len": "30", "melt_epochs": "2"}
+    mcfg, tcfg = build_configs("default", "sasrec", "melt", settings)
+    whole = Trainer(beauty_subset, mcfg, tcfg, tmp_path / "a", progress=False,
+                    log=lambda *a: None).fit()
+
+    def stop(epoch, _valid):
+        if epoch == 2:             # the first epoch of stage 2 is saved, then a kill
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        Trainer(beauty_subset, mcfg, tcfg, tmp_path / "b", progress=False,
+                log=lambda *a: None, on_epoch=stop).fit()
+    resumed = Trainer(beauty_subset, mcfg, tcfg, tmp_path / "b", resume=True,
+                      progress=False, log=lambda *a: None).fit()
+    logs = [[(r["loss"], r["melt_user"], r["valid_NDCG@10"])
+             for r in csv.DictReader(open(tmp_path / d / "train_log.csv"))] for d in "ab"]
+    assert len(logs[0]) == 3 and logs[0] == logs[1]
+    # (json: the empty groups' NaN compare equal)
+    assert json.dumps(resumed["test"]) == json.dumps(whole["test"])
+    for m in (resumed, whole):
+        m["melt"]["stage1"].pop("train_seconds")
+    assert resumed["melt"] == whole["melt"]
+    # the tail-user threshold travels with the weights
+    model, _ = load_run(tmp_path / "a")
+    assert float(model.melt.user_thres) == whole["melt"]["user_threshold"] > 0
+    # --init-from an id run: no stage 1, the id weights are the backbone bit for bit
+    _train(beauty_subset, tmp_path / "id", "id", epochs=1).fit()
+    mcfg, tcfg = build_configs("default", "sasrec", "melt", {"max_len": "30",
+                                                             "melt_epochs": "1"})
+    m = Trainer(beauty_subset, mcfg, tcfg, tmp_path / "c", progress=False,
+                log=lambda *a: None, init_from=tmp_path / "id").fit()
+    from safetensors.torch import load_file
+    idw = load_file(str(tmp_path / "id" / "model.safetensors"))
+    bb = load_file(str(tmp_path / "c" / "backbone.safetensors"))
+    assert all(torch.equal(idw[k], bb[k]) for k in idw)
+    assert m["epochs"] == 1 and m["melt"]["stage1"] == {
+        "epochs": 0, "best_epoch": 0, "best_valid_NDCG@10": -1.0, "train_seconds": 0.0,
+        "from_run": str(tmp_path / "id")}

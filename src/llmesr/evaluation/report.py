@@ -292,7 +292,7 @@ def group_variants(runs: list[RunResult]) -> list[Variant]:
             if len(presets) > 1:
                 diff.insert(0, preset_of(mine))
             v.label = f"{v.model} ({', '.join(diff[:3])})" if diff else v.model
-    order = {m: i for i, m in enumerate(("id", "cities", "llminit", "rlmrec", "llmesr"))}
+    order = {m: i for i, m in enumerate(("id", "cities", "melt", "llminit", "rlmrec", "llmesr"))}
     variants.sort(key=lambda v: (v.backbone, order.get(v.model, 9), v.label))
     return variants
 

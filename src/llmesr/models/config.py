@@ -20,7 +20,7 @@ from llmesr.config import (Bool, Choice, Choices, Float, Int, Setting, Str, chec
                            read_settings_file, unknown_setting, write_text_atomic)
 from llmesr.errors import LlmesrError
 
-MODELS = ("id", "llminit", "llmesr", "rlmrec", "cities")
+MODELS = ("id", "llminit", "llmesr", "rlmrec", "cities", "melt")
 BACKBONES = ("sasrec", "bert4rec", "gru4rec")
 LOSSES = ("bce", "ce", "sampled_ce", "gbce")   # see llmesr.models.losses
 SAMPLERS = ("uniform", "popularity", "in_batch")
@@ -31,7 +31,8 @@ class ModelConfig:
     #: id (plain backbone) | llminit (ID table from PCA of LLM embeddings) | llmesr |
     #: rlmrec (the plain backbone with RLMRec-Con's profile alignment, llmesr.models.rlmrec) |
     #: cities (the plain backbone, then its tail items' rows inferred from their contexts,
-    #: llmesr.models.cities)
+    #: llmesr.models.cities) | melt (the plain backbone, then MELT's user and item branches
+    #: with its curriculum, llmesr.models.melt)
     model: str = "llmesr"
     #: sasrec | bert4rec | gru4rec
     backbone: str = "sasrec"
@@ -113,6 +114,27 @@ class ModelConfig:
     cities_pe_fix: bool = True
     #: infer with F's best epoch (the official code keeps the last one: False)
     cities_restore_best: bool = True
+    # ---- MELT (model = melt; llmesr.models.melt) --------------------------------------------
+    #: stage 2's epochs, all run (the curriculum moves with epoch / melt_epochs); the best
+    #: on validation is kept. The official Beauty script: 180 (the paper preset)
+    melt_epochs: int = 20
+    #: the Pareto quantile of the method's own head/tail split (official: 0.8 on Amazon,
+    #: 0.5 elsewhere); evaluation keeps the dataset's groups
+    melt_pareto: float = 0.8
+    #: weights λ_u, λ_i of the user and item branches (the official README, Beauty + SASRec)
+    melt_lambda_u: float = 0.1
+    melt_lambda_i: float = 0.4
+    #: train W_U as the residual f + W_U f it is used as (started at zero, so the residual
+    #: starts as the identity), and use it in the tail-item update (the official code: a
+    #: direct map from a random start in training, no W_U in the update: False)
+    melt_wu_residual: bool = True
+    #: contexts end with the item itself (the official code: True); off, they end just
+    #: before it, so an item's estimate comes from the items around it, not its own row
+    melt_context_self: bool = False
+    #: before stage 2, fit W_I by least squares from the head items' context means to their
+    #: rows, so that the first tail-item update (before the first epoch) is not made with a
+    #: random W_I, which overwrites most rows with noise (the official code: False)
+    melt_warm_update: bool = True
     #: item regularisation (SPEC §4.8; off in the paper's scripts)
     item_reg: bool = False
     beta: float = 0.1
@@ -141,7 +163,7 @@ class ModelConfig:
         check_settings(self, MODEL_FIELDS)      # each field's type and range (the table)
         if self.model == "llmesr" and not (self.use_co_view or self.use_se_view):
             raise LlmesrError("LLM-ESR needs at least one of use_co_view / use_se_view")
-        if self.co_dropout and (self.model in ("id", "rlmrec", "cities")
+        if self.co_dropout and (self.model in ("id", "rlmrec", "cities", "melt")
                                 or self.co_init != "pca"):
             raise LlmesrError("co_dropout replaces collaborative rows by their PCA "
                               "initialisation: it needs model llminit or llmesr with co_init=pca")
@@ -167,6 +189,8 @@ _DUAL_ONLY = ("use_co_view", "use_se_view", "use_cross_attention", "share_encode
 _RLMREC_ONLY = ("rlmrec_weight", "rlmrec_tau")
 _CITIES_ONLY = ("cities_head_count", "cities_max_shots", "cities_epochs", "cities_patience",
                 "cities_lr", "cities_pe_fix", "cities_restore_best")
+_MELT_ONLY = ("melt_epochs", "melt_pareto", "melt_lambda_u", "melt_lambda_i",
+              "melt_wu_residual", "melt_context_self", "melt_warm_update")
 
 
 def inert_settings(model: str) -> frozenset[str]:
@@ -174,9 +198,11 @@ def inert_settings(model: str) -> frozenset[str]:
     inert = set(_RLMREC_ONLY) if model != "rlmrec" else set()
     if model != "cities":
         inert.update(_CITIES_ONLY)
+    if model != "melt":
+        inert.update(_MELT_ONLY)
     if model != "llmesr":
         inert.update(_DUAL_ONLY)
-    if model in ("id", "rlmrec", "cities"):
+    if model in ("id", "rlmrec", "cities", "melt"):
         inert.add("co_dropout")
     return frozenset(inert)
 
@@ -262,6 +288,13 @@ MODEL_FIELDS: dict[str, Setting] = {
     "cities_lr": Float(0, low_open=True),
     "cities_pe_fix": Bool(),
     "cities_restore_best": Bool(),
+    "melt_epochs": Int(1),
+    "melt_pareto": Float(0.02, 1, low_open=True),
+    "melt_lambda_u": Float(0),
+    "melt_lambda_i": Float(0),
+    "melt_wu_residual": Bool(),
+    "melt_context_self": Bool(),
+    "melt_warm_update": Bool(),
     "loss": Choice(*LOSSES),
     "sampled_negatives": Int(1),
     "negative_sampler": Choice(*SAMPLERS),
@@ -292,7 +325,12 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
         "model": {"causal": False, "mask_padded_keys": False, "gru_mask_padding": False,
                   "causal_cross_attention": False, "teacher_dropout": True,
                   # CITIES' official code: its positional-encoding bug, the last epoch's F
-                  "cities_pe_fix": False, "cities_restore_best": False},
+                  "cities_pe_fix": False, "cities_restore_best": False,
+                  # MELT's official code: W_U as a direct map, contexts ending with the
+                  # item itself, 180 epochs (its Beauty script), tail rows replaced from the
+                  # first epoch
+                  "melt_wu_residual": False, "melt_context_self": True, "melt_epochs": 180,
+                  "melt_warm_update": False},
         "train": {"valid_protocol": "sampled", "resample_negatives": True,
                   "ties": "optimistic", "exclude_seen": False},
     },

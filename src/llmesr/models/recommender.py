@@ -29,6 +29,7 @@ from llmesr.models.chunking import plan_chunks
 from llmesr.models.config import ModelConfig
 from llmesr.models.cross_attention import CrossAttention
 from llmesr.models.dropout import Dropout
+from llmesr.models.melt import MeltHeads
 from llmesr.models.rlmrec import ProfileAlignment
 from llmesr.models.views import IDView, SemanticView
 
@@ -67,6 +68,10 @@ class SequentialRecommender(nn.Module):
             self.register_buffer("item_profiles", prof, persistent=False)
             self.register_buffer("user_profiles", torch.zeros(0, llm.shape[1]),
                                  persistent=False)
+        if cfg.model == "melt":
+            self.melt = MeltHeads(h)
+        else:
+            self.melt = None
         if self.se is not None and cfg.se_pop_gate:
             # g = softplus(a + b log(1 + n)); a = log(e - 1), b = 0: g = 1 at the start
             self.pop_gate = nn.Parameter(torch.tensor([math.log(math.e - 1.0), 0.0]))
@@ -164,12 +169,19 @@ class SequentialRecommender(nn.Module):
         view = self.co if self.co is not None else self.se
         return self._encode(self.encoder, self._inputs(view, seq, pos), mask, last_only)
 
-    def user_state(self, seq: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
-        """The last position's state (B, H): the user representation."""
-        return self.encode(seq, pos, last_only=True)[:, -1]
+    def user_state(self, seq: torch.Tensor, pos: torch.Tensor, raw: bool = False
+                   ) -> torch.Tensor:
+        """The last position's state (B, H): the user representation. MELT's tail users
+        (at most n_u* items) get f + W_U f, unless ``raw`` (the backbone's f alone)."""
+        f = self.encode(seq, pos, last_only=True)[:, -1]
+        if self.melt is None or raw or float(self.melt.user_thres) < 0:
+            return f
+        n = (seq > 0).sum(dim=1) - (1 if self.cfg.backbone == "bert4rec" else 0)
+        tail = (n <= self.melt.user_thres)[:, None]
+        return torch.where(tail, self.melt.residual(f), f)
 
     def user_states_grouped(self, seq: torch.Tensor, pos: torch.Tensor,
-                            max_rows: int | None = None) -> torch.Tensor:
+                            max_rows: int | None = None, raw: bool = False) -> torch.Tensor:
         """``user_state`` (B, H, float32) of rows of very different lengths, in length groups.
 
         The output does not depend on the amount of left padding (see :meth:`encode`), so
@@ -179,7 +191,7 @@ class SequentialRecommender(nn.Module):
         out = torch.empty(len(seq), self.state_dim, device=seq.device)
         for idx, width in plan_chunks((seq > 0).sum(dim=1).cpu().numpy(), max_rows=max_rows):
             i = torch.from_numpy(idx).to(seq.device)
-            out[i] = self.user_state(seq[i, -width:], pos[i, -width:]).float()
+            out[i] = self.user_state(seq[i, -width:], pos[i, -width:], raw=raw).float()
         return out
 
     def item_embeddings(self, ids: torch.Tensor | None = None) -> torch.Tensor:

@@ -32,7 +32,7 @@ from llmesr.errors import LlmesrError
 from llmesr.models.config import BACKBONES, MODELS, build_configs
 
 # Rough relative cost of one run, to start the long ones first when runs go in parallel.
-_COST = {"id": 1, "llminit": 1, "llmesr": 6, "rlmrec": 1.5, "cities": 1.2}
+_COST = {"id": 1, "llminit": 1, "llmesr": 6, "rlmrec": 1.5, "cities": 1.2, "melt": 3}
 
 
 @dataclass

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import shutil
 import time
 from pathlib import Path
@@ -221,11 +222,19 @@ class Trainer:
         #: called as on_epoch(epoch, validation metrics) after each epoch is saved; it may raise
         #: to stop training (llmesr tune prunes trials this way)
         self.on_epoch = on_epoch
-        #: cities: a finished id run whose weights are the pretrained backbone (no stage 1)
+        #: cities, melt: a finished id run whose weights are the pretrained backbone (no
+        #: stage 1)
         self.init_from = Path(init_from) if init_from else None
-        if self.init_from is not None and mcfg.model != "cities":
-            raise LlmesrError("--init-from reuses a trained backbone for --model cities; "
-                              f"model {mcfg.model} trains its own")
+        if self.init_from is not None and mcfg.model not in ("cities", "melt"):
+            raise LlmesrError("--init-from reuses a trained backbone for --model cities or "
+                              f"melt; model {mcfg.model} trains its own")
+        if mcfg.model == "melt" and self.world > 1 and not evaluate_only:
+            raise LlmesrError("--model melt does not train under torchrun yet (its branches "
+                              "sample head users and items per step): run it in one process")
+        #: melt: this step's share of head users and items, and stage 2's 0-based epoch
+        self._melt_part: tuple[np.ndarray, np.ndarray] | None = None
+        self._melt_epoch = 0
+        self._melt = None
         # folders fit() makes (deepest first), removed again if it fails before a checkpoint
         self._made_dirs = [d for d in (self.run_dir, *self.run_dir.parents) if not d.exists()]
         progress_ = "other" if evaluate_only else run_progress(self.run_dir)
@@ -509,6 +518,12 @@ class Trainer:
                                            t["user_rows"], torch.cat([seq, target], 1))
                 loss = loss + self.mcfg.rlmrec_weight / self.world * al
                 parts["align"] = float(al.detach()) / self.world
+            if self._melt_part is not None:
+                mu, mi = self._melt_losses()
+                m = self.mcfg
+                loss = loss + m.melt_lambda_u * mu + m.melt_lambda_i * mi
+                parts["melt_user"] = float(mu.detach())
+                parts["melt_item"] = float(mi.detach())
             if self.mcfg.item_reg:
                 # over the distinct items of this rank's share (not decomposable: with
                 # several ranks, the mean of their values)
@@ -614,12 +629,28 @@ class Trainer:
                 trim_train_log(self.run_dir / "train_log.csv", state["epoch"])
             self.log(f"resuming after epoch {state['epoch']}")
         writer = self._tensorboard() if main else None
-        bs = self.tcfg.batch_size
         if self.init_from is not None and not self.resume:
             self._take_backbone(self.init_from)
             state["from_run"] = str(self.init_from)
-        while (self.init_from is None and state["epoch"] < self.tcfg.epochs
-               and state["bad_epochs"] < self.tcfg.patience):
+        if self.init_from is None and state.get("stage", 1) == 1:
+            self._run_epochs(state, writer, self.tcfg.epochs, self.tcfg.patience)
+        if self.mcfg.model == "melt":
+            self._melt_stage(state, writer)
+        if writer is not None:
+            writer.close()
+        if self.mcfg.model == "cities":
+            self._cities_stage()
+        return self.finish(state)
+
+    def _run_epochs(self, state: dict[str, Any], writer, epochs: int, patience: float,
+                    before_epoch=None, before_step=None) -> None:
+        """Train until ``state["epoch"]`` reaches ``epochs`` or ``patience`` epochs in a row
+        bring no strictly better validation NDCG@10; after each epoch the log row, the best
+        weights and the checkpoint are saved. ``before_epoch(epoch, steps)`` and
+        ``before_step(step)`` let a stage (MELT) prepare its own work."""
+        main = self.rank == 0
+        bs = self.tcfg.batch_size
+        while state["epoch"] < epochs and state["bad_epochs"] < patience:
             epoch = state["epoch"] + 1
             self.model.train()
             if self.world > 1:
@@ -628,6 +659,8 @@ class Trainer:
                     [self.tcfg.seed, epoch, self.rank]).generate_state(1)[0]))
             t0 = time.perf_counter()
             samples = self.builder.epoch_samples()
+            if before_epoch is not None:
+                before_epoch(epoch, -(-len(samples) // bs))
             sums: dict[str, float] = {}
             steps = 0
             bar = tqdm(range(0, len(samples), bs), desc=f"epoch {epoch}", unit="step",
@@ -636,6 +669,8 @@ class Trainer:
                 if self.teacher_cache and (steps == 0 or (
                         self.teacher_cache > 0 and steps % self.teacher_cache == 0)):
                     self.refresh_teachers()
+                if before_step is not None:
+                    before_step(steps)
                 parts = self._step(self.builder.train_batch(samples[start:start + bs]))
                 for k, v in parts.items():
                     sums[k] = sums.get(k, 0.0) + v
@@ -684,11 +719,158 @@ class Trainer:
                     if writer is not None:
                         writer.close()
                     raise
-        if writer is not None:
-            writer.close()
-        if self.mcfg.model == "cities":
-            self._cities_stage()
-        return self.finish(state)
+
+    # ---- MELT: stage 2 (llmesr.models.melt) ------------------------------------------------
+    def _melt_stage(self, state: dict[str, Any], writer) -> None:
+        """MELT's joint training on the best stage-1 backbone (or the --init-from one):
+        ``melt_epochs`` epochs, all run, the best on validation kept. The epochs continue
+        the run's numbering; state["stage"] = 2 marks them, so --resume continues here."""
+        from llmesr.models import melt
+
+        m, main = self.mcfg, self.rank == 0
+        counts = np.bincount(self.view.owned(np.arange(len(self.view.train_len)))[1],
+                             minlength=self.ds.num_items + 1)
+        split = melt.split_head_tail(self.view.train_len, counts, m.melt_pareto)
+        fit_wi = False
+        if state.get("stage", 1) == 1:
+            if not (self.run_dir / "model.safetensors").is_file():
+                raise LlmesrError("melt: the backbone has no best weights to start from")
+            load_weights(self.model, self.run_dir / "model.safetensors")
+            if main:
+                tmp = self.run_dir / ".backbone.safetensors.tmp"
+                shutil.copyfile(self.run_dir / "model.safetensors", tmp)
+                tmp.replace(self.run_dir / "backbone.safetensors")
+            stage1 = {"epochs": state["epoch"], "best_epoch": state["best_epoch"],
+                      "best_valid_NDCG@10": state["best_score"],
+                      "train_seconds": round(state["train_seconds"], 2)}
+            if state.get("from_run"):
+                stage1["from_run"] = state["from_run"]
+            state.update(stage=2, best_score=-1.0, best_epoch=0, bad_epochs=0,
+                         melt={"stage1": stage1, **split.info()})
+            with torch.no_grad():
+                self.model.melt.user_thres.fill_(split.user_thres)
+                if m.melt_wu_residual:
+                    # the residual starts as the identity: f + W_U f = f
+                    self.model.melt.W_U.weight.zero_()
+                    self.model.melt.W_U.bias.zero_()
+            fit_wi = m.melt_warm_update
+            # a fresh Adam for stage 2, with the official code's betas
+            self.optimizer.state.clear()
+            for g in self.optimizer.param_groups:
+                g["betas"] = (0.9, 0.98)
+        info = state["melt"]
+        self.log(f"MELT: {info['head_users']:,} head users (training length > "
+                 f"{split.user_thres:g}), {info['head_items']:,} head items (count > "
+                 f"{split.item_thres:g}); {m.melt_epochs} epochs")
+        ctx = melt.ItemContexts(self.view.items, self.view.starts, self.view.train_len,
+                                self.ds.num_items, self_item=m.melt_context_self)
+        head_items = split.head_items[ctx.count(split.head_items) > 0]
+        self._melt = (melt, split, ctx, counts, head_items)
+        if fit_wi:
+            self._melt_fit_wi()
+        offset = info["stage1"]["epochs"]
+        shares: list = []
+
+        def before_epoch(epoch: int, steps: int) -> None:
+            self._melt_epoch = epoch - offset - 1
+            self._melt_tail_update()
+            users = np.array_split(self.rng.permutation(split.head_users), steps)
+            items = np.array_split(self.rng.permutation(head_items), steps)
+            shares[:] = list(zip(users, items))
+
+        def before_step(step: int) -> None:
+            self._melt_part = shares[step]
+
+        try:
+            self._run_epochs(state, writer, offset + m.melt_epochs, float("inf"),
+                             before_epoch, before_step)
+        finally:
+            self._melt_part = None
+
+    def _melt_context_means(self, ids: np.ndarray, chunk: int = 16384) -> torch.Tensor:
+        """(len(ids), hidden): each item's mean over all its contexts of f(c) + W_U f(c)
+        (f(c) alone with ``melt_wu_residual`` off: the official update), in eval mode and
+        without gradients."""
+        _, _, ctx, _, _ = self._melt
+        m, model = self.mcfg, self.model
+        idx, seg = ctx.of(ids)
+        was = model.training
+        model.eval()
+        try:
+            with torch.no_grad():
+                sums = torch.zeros(len(ids), m.hidden, device=self.device)
+                for c0 in range(0, len(idx), chunk):
+                    seq, pos = ctx.inputs(idx[c0:c0 + chunk], m.max_len, m.backbone)
+                    t = to_tensors(self.device, seq=seq, pos=pos)
+                    with self._autocast():
+                        f = model.user_states_grouped(t["seq"], t["pos"], raw=True)
+                        z = model.melt.residual(f) if m.melt_wu_residual else f
+                    sums.index_add_(0, torch.from_numpy(seg[c0:c0 + chunk]).to(self.device),
+                                    z.float())
+                n = torch.from_numpy(ctx.count(ids)).to(self.device).clamp_min(1)
+                return sums / n[:, None].float()
+        finally:
+            model.train(was)
+
+    def _melt_fit_wi(self) -> None:
+        """melt_warm_update: W_I by ridge least squares from the head items' context means
+        to their rows, so the first tail-item update does not use a random map."""
+        melt, _, _, _, head_items = self._melt
+        if len(head_items) < 2:
+            return
+        x = self._melt_context_means(head_items)
+        y = self.model.co.embedding.weight[torch.from_numpy(head_items).to(self.device)]
+        with torch.no_grad():
+            w = melt.ridge_fit(x.double(), y.detach().double())
+            self.model.melt.W_I.weight.copy_(w[:-1].T.float())
+            self.model.melt.W_I.bias.copy_(w[-1].float())
+
+    def _melt_tail_update(self) -> None:
+        """MELT: every tail item's row <- W_I(mean over its contexts of f(c) [+ W_U f(c)])."""
+        _, split, ctx, _, _ = self._melt
+        tail = split.tail_items[ctx.count(split.tail_items) > 0]
+        if len(tail) == 0:
+            return
+        z = self._melt_context_means(tail)
+        with torch.no_grad():
+            self.model.co.embedding.weight[torch.from_numpy(tail).to(self.device)] = \
+                self.model.melt.W_I(z)
+
+    def _melt_losses(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """MELT's user- and item-branch losses on this step's head users and items."""
+        melt, split, ctx, counts, _ = self._melt
+        users, items = self._melt_part
+        m, model, e = self.mcfg, self.model, self._melt_epoch
+        zero = torch.zeros((), device=self.device)
+        lu = li = zero
+        if len(users):
+            lens = self.view.train_len[users]
+            top = max(math.ceil(split.user_thres) - 1, 1)
+            r = np.minimum(self.rng.integers(1, top + 1, len(users)), lens)
+            starts = self.view.starts[users]
+            mask = self.ds.num_items + 1
+            full = eval_inputs(self.view.items, starts, lens, m.max_len, m.backbone, mask)
+            few = eval_inputs(self.view.items, starts + lens - r, r, m.max_len, m.backbone,
+                              mask)
+            t = to_tensors(self.device, s1=full[0], p1=full[1], s2=few[0], p2=few[1])
+            f_full = model.user_states_grouped(t["s1"], t["p1"], raw=True)
+            f_few = model.user_states_grouped(t["s2"], t["p2"], raw=True)
+            w = melt.user_weights(lens, split.user_thres, e, m.melt_epochs, m.max_len)
+            lu = melt.user_branch_loss(model.melt, f_few, f_full,
+                                       torch.as_tensor(w, dtype=torch.float32,
+                                                       device=self.device),
+                                       m.melt_wu_residual)
+        if len(items):
+            idx, seg = ctx.sample(items, split.item_thres, self.rng)
+            seq, pos = ctx.inputs(idx, m.max_len, m.backbone)
+            t = to_tensors(self.device, seq=seq, pos=pos, seg=seg,
+                           ids=np.asarray(items, dtype=np.int64))
+            f = model.user_states_grouped(t["seq"], t["pos"], raw=True)
+            w = melt.item_weights(counts[items], split.item_thres, e, m.melt_epochs)
+            li = melt.item_branch_loss(model.melt, f, t["seg"], model.co(t["ids"]).float(),
+                                       torch.as_tensor(w, dtype=torch.float32,
+                                                       device=self.device))
+        return lu, li
 
     # ---- CITIES: the post-hoc stage (llmesr.models.cities) ---------------------------------
     def _take_backbone(self, run: Path) -> None:
@@ -702,9 +884,9 @@ class Trainer:
                               ) from None
         except (OSError, ValueError, KeyError, TypeError) as e:
             raise LlmesrError(f"--init-from {run}: cannot read config.json ({e})") from None
-        if omcfg.model not in ("id", "cities"):
-            raise LlmesrError(f"--init-from {run}: a {omcfg.model} run; CITIES starts from a "
-                              "plain backbone (model id)")
+        if omcfg.model not in ("id", self.mcfg.model):
+            raise LlmesrError(f"--init-from {run}: a {omcfg.model} run; {self.mcfg.model} "
+                              "starts from a plain backbone (model id)")
         same = ("backbone", "hidden", "layers", "heads", "max_len", "causal",
                 "mask_padded_keys", "gru_mask_padding")
         diff = [k for k in same if getattr(omcfg, k) != getattr(self.mcfg, k)]
@@ -717,7 +899,11 @@ class Trainer:
                               "checksum differs)")
         if not (run / "model.safetensors").is_file():
             raise LlmesrError(f"--init-from {run}: no trained weights (model.safetensors)")
-        load_weights(self.model, run / "model.safetensors")
+        if self.mcfg.model == "melt" and omcfg.model == "id":
+            # the id run has the backbone only: MELT's heads keep their initial weights
+            load_weights(self.model, run / "model.safetensors", allow_missing=("melt",))
+        else:
+            load_weights(self.model, run / "model.safetensors")
         if self.rank == 0:
             save_weights(self.model, self.run_dir / "model.safetensors")
         ddp.barrier()
@@ -785,6 +971,8 @@ class Trainer:
             metrics["cities"] = json.loads((self.run_dir / "cities.json").read_text())
         if state.get("from_run"):
             metrics["backbone_from"] = state["from_run"]
+        if state.get("melt"):
+            metrics["melt"] = state["melt"]
         metrics.update(best_epoch=state["best_epoch"], epochs=state["epoch"],
                        train_seconds=round(state["train_seconds"], 2),
                        stopped_early=state["bad_epochs"] >= self.tcfg.patience,
@@ -819,7 +1007,8 @@ class Trainer:
 
     def _append_csv(self, row: dict[str, Any]) -> None:
         path = self.run_dir / "train_log.csv"
-        fields = ["epoch", "loss", "rec", "sd", "reg", "align", "valid_HR@10",
+        fields = ["epoch", "loss", "rec", "sd", "reg", "align", "melt_user", "melt_item",
+                  "valid_HR@10",
                   "valid_NDCG@10", "train_seconds", "eval_seconds", "best"]
         new = not path.exists()
         if not new:      # a resumed run keeps its file's columns

@@ -126,6 +126,9 @@ SPACES: dict[str, dict[str, Param]] = {
     # the backbone's space and CITIES' own split and shots (the official 5 and 10 inside)
     "cities": {**COMMON, "cities_head_count": Choice(3, 5, 10),
                "cities_max_shots": Choice(3, 5, 10)},
+    # the backbone's space and MELT's branch weights (its README's per-dataset range)
+    "melt": {**COMMON, "melt_lambda_u": Choice(0.1, 0.2, 0.3, 0.4),
+             "melt_lambda_i": Choice(0.1, 0.2, 0.3, 0.4)},
     "llmesr": {**_NO_HIDDEN,
                # the paper's grid for both (its figure 4)
                "alpha": Choice(0.0, 0.01, 0.05, 0.1, 0.5, 1.0),
