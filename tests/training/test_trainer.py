@@ -306,3 +306,12 @@ def test_melt_resumes_inside_its_second_stage_and_starts_from_an_id_run(beauty_s
     assert m["epochs"] == 1 and m["melt"]["stage1"] == {
         "epochs": 0, "best_epoch": 0, "best_valid_NDCG@10": -1.0, "train_seconds": 0.0,
         "from_run": str(tmp_path / "id")}
+
+
+def test_melt_s_first_stage_is_the_id_run_of_its_seed(beauty_subset, tmp_path):
+    from safetensors.torch import load_file
+    _train(beauty_subset, tmp_path / "id", "id", epochs=1).fit()
+    _train(beauty_subset, tmp_path / "melt", "melt", epochs=1, melt_epochs=1).fit()
+    idw = load_file(str(tmp_path / "id" / "model.safetensors"))
+    bb = load_file(str(tmp_path / "melt" / "backbone.safetensors"))
+    assert all(torch.equal(idw[k], bb[k]) for k in idw)

@@ -68,10 +68,6 @@ class SequentialRecommender(nn.Module):
             self.register_buffer("item_profiles", prof, persistent=False)
             self.register_buffer("user_profiles", torch.zeros(0, llm.shape[1]),
                                  persistent=False)
-        if cfg.model == "melt":
-            self.melt = MeltHeads(h)
-        else:
-            self.melt = None
         if self.se is not None and cfg.se_pop_gate:
             # g = softplus(a + b log(1 + n)); a = log(e - 1), b = 0: g = 1 at the start
             self.pop_gate = nn.Parameter(torch.tensor([math.log(math.e - 1.0), 0.0]))
@@ -92,6 +88,13 @@ class SequentialRecommender(nn.Module):
             self.id2llm = CrossAttention(h, 2, causal, cfg.cross_attention_residual)
         else:
             self.llm2id = self.id2llm = None
+        self.melt = None
+        if cfg.model == "melt":
+            # drawn last, from a forked generator: the rest of the model, and the training
+            # run's random stream, are those of the id model with the same seed, so that
+            # MELT's stage 1 is that id run
+            with torch.random.fork_rng(devices=[]):
+                self.melt = MeltHeads(h)
 
     def _backbone(self) -> nn.Module:
         c = self.cfg
