@@ -28,6 +28,12 @@ beauty-s3rec. The JSON (stdout, and ``--out``) holds, all measured in this one p
   the same global batch: the epoch's training seconds (train_log.csv) and the wall time;
 - ``teacher_cache`` (``--teachers PRESET ...``): one epoch of ``id`` and of LLM-ESR with
   exact teachers (``teacher_cache=0``) and with the once-an-epoch cache (``-1``), SASRec;
+- ``methods`` (``--methods MODEL ...``): one training epoch of each method as a real
+  ``llmesr train`` process (default preset, SASRec, ``--threads`` threads): ``id``,
+  ``llminit``, ``llmesr`` and ``rlmrec`` their first epoch; ``melt`` one epoch of its stage 2
+  (branches and tail-item update) on the backbone of the ``id`` epoch; ``cities`` its stage
+  (one epoch of F and the inference of the tail rows) on that backbone, timed in this
+  process;
 - ``peak_rss_mib`` of the process (and ``cuda_peak_mib`` on CUDA).
 """
 
@@ -175,17 +181,20 @@ def embed_speed(data: str, n: int, device: torch.device) -> dict:
             "seconds": round(seconds, 2), "texts_per_second": round(len(texts) / seconds, 1)}
 
 
-def epoch_run(data: str, train_args: list[str], nproc: int, threads: int) -> dict:
+def epoch_run(data: str, train_args: list[str], nproc: int, threads: int,
+              keep: Path | None = None, epochs: int | None = 1) -> dict:
     """One epoch of ``llmesr train DATA TRAIN_ARGS`` in a child (under torchrun with
     ``nproc`` > 1 processes, ``threads`` / ``nproc`` threads each): the epoch's training and
     validation seconds (train_log.csv), the wall time and the loss."""
     per = max(threads // nproc, 1)
     env = {**os.environ, "OMP_NUM_THREADS": str(per), "HF_HUB_OFFLINE": "1"}
-    with tempfile.TemporaryDirectory() as run:
+    with tempfile.TemporaryDirectory() as tmp:
+        run = str(keep) if keep is not None else tmp
         launch = ([sys.executable, "-m", "llmesr"] if nproc == 1 else
                   [sys.executable, "-m", "torch.distributed.run", "--standalone",
                    "--nproc_per_node", str(nproc), "-m", "llmesr"])
-        cmd = [*launch, "train", data, *train_args, "--epochs", "1", "--out", run, "--quiet"]
+        cmd = [*launch, "train", data, *train_args,
+               *(["--epochs", str(epochs)] if epochs else []), "--out", run, "--quiet"]
         t0 = time.perf_counter()
         p = subprocess.run(cmd, env=env, capture_output=True, text=True)
         wall = time.perf_counter() - t0
@@ -197,6 +206,42 @@ def epoch_run(data: str, train_args: list[str], nproc: int, threads: int) -> dic
             "epoch_train_seconds": float(log["train_seconds"]),
             "valid_eval_seconds": float(log["eval_seconds"]),
             "wall_seconds": round(wall, 1), "loss": float(log["loss"])}
+
+
+def method_speed(data: str, methods: list[str], threads: int, device: str) -> list:
+    """One epoch of each method's own training (see the module docstring)."""
+    from llmesr.data.artifact import load_dataset
+    from llmesr.models import cities
+    from llmesr.training.batches import TrainView
+    from llmesr.training.trainer import load_run
+
+    base = ["--set", f"device={device}"]
+    out = []
+    with tempfile.TemporaryDirectory() as tmp:
+        idrun = Path(tmp) / "id"
+        per = {"id": epoch_run(data, [*base, "--model", "id"], 1, threads, keep=idrun)}
+        for m in methods:
+            if m in ("llminit", "llmesr", "rlmrec"):
+                per[m] = epoch_run(data, [*base, "--model", m], 1, threads)
+            elif m == "melt":
+                per[m] = epoch_run(data, [*base, "--model", "melt", "--init-from", str(idrun),
+                                          "--set", "melt_epochs=1"], 1, threads, epochs=None)
+            elif m == "cities":
+                torch.set_num_threads(threads)
+                model, _ = load_run(idrun)
+                v = TrainView.of(load_dataset(data))
+                t0 = time.perf_counter()
+                ctx = cities.Contexts.build(v.items, v.starts, v.train_len, v.num_items)
+                _, info = cities.infer_tail_items(model.co.embedding.weight.detach(), ctx,
+                                                  epochs=1, patience=1, log=lambda *a: None,
+                                                  progress=False)
+                per[m] = {"args": "--model cities (its stage: 1 epoch of F + inference)",
+                          "stage_seconds": round(time.perf_counter() - t0, 1),
+                          "replaced": info["replaced"]}
+    for m, row in per.items():
+        if m == "id" or m in methods:
+            out.append({"model": m, **row})
+    return out
 
 
 def ddp_speed(data: str, models: list[str], procs: int, threads: int, device: str) -> list:
@@ -251,6 +296,9 @@ def main() -> None:
     ap.add_argument("--ddp", nargs="*", default=[], metavar="MODEL",
                     help="time one epoch of these models in one process and under torchrun")
     ap.add_argument("--ddp-procs", type=int, default=2)
+    ap.add_argument("--methods", nargs="*", default=[], metavar="MODEL",
+                    help="time one epoch of each method's own training (id, llminit, llmesr, "
+                         "rlmrec, cities, melt)")
     ap.add_argument("--teachers", nargs="*", default=[], metavar="PRESET",
                     help="time one LLM-ESR epoch with exact and cached teachers (and id)")
     args = parse_with_runtime(ap)
@@ -281,6 +329,9 @@ def main() -> None:
     if args.ddp:
         result["ddp"] = ddp_speed(args.data, args.ddp, args.ddp_procs,
                                   torch.get_num_threads(), args.device)
+    if args.methods:
+        result["methods"] = method_speed(args.data, args.methods, torch.get_num_threads(),
+                                         args.device)
     if args.teachers:
         result["teacher_cache"] = teacher_speed(args.data, args.teachers,
                                                 torch.get_num_threads(), args.device)
