@@ -86,6 +86,19 @@ def test_stage_replaces_only_tail_rows():
     assert info["epochs"] == 3 and info["valid_mse"] is not None
 
 
+def test_matched_norms_keep_f_s_directions_and_the_old_norms():
+    ctx = _synthetic()
+    table = torch.randn(62, 16)
+    plain, _ = infer_tail_items(table, ctx, epochs=1, log=lambda *a: None, seed=1)
+    matched, _ = infer_tail_items(table, ctx, epochs=1, log=lambda *a: None, seed=1,
+                                  match_norm=True)
+    tail = slice(41, 61)
+    torch.testing.assert_close(matched[tail].norm(dim=1), table[tail].norm(dim=1))
+    cos = torch.nn.functional.cosine_similarity(matched[tail], plain[tail], dim=1)
+    torch.testing.assert_close(cos, torch.ones(20))
+    assert torch.equal(matched[:41], table[:41])
+
+
 def test_stage_is_seeded_and_learns():
     ctx = _synthetic()
     table = torch.randn(62, 16)

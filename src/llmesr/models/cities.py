@@ -193,6 +193,7 @@ def infer_tail_items(table: torch.Tensor, ctx: Contexts, *, head_count: int = 5,
                      max_shots: int = 10, epochs: int = 20, patience: int = 3,
                      lr: float = 1e-3, pe_fix: bool = True, restore_best: bool = True,
                      mask_row: torch.Tensor | None = None, seed: int = 42,
+                     match_norm: bool = False,
                      log: Callable[[str], Any] = print, progress: bool = False
                      ) -> tuple[torch.Tensor, dict[str, Any]]:
     """Train F_φ on the head items of ``table`` (N + 2, d; frozen) and return a copy of the
@@ -276,5 +277,10 @@ def infer_tail_items(table: torch.Tensor, ctx: Contexts, *, head_count: int = 5,
                 c = torch.as_tensor(ctx.windows(occ.ravel()).reshape(len(ids), int(k), WIDTH),
                                     device=device)
                 new[torch.as_tensor(ids, device=device)] = f(c).to(new.dtype)
+    if match_norm and len(tail):
+        # each inferred row keeps the direction F gives it and the norm of the row it replaces
+        t = torch.as_tensor(tail, device=device)
+        old = table.detach()[t].norm(dim=1, keepdim=True)
+        new[t] = new[t] * (old / new[t].norm(dim=1, keepdim=True).clamp_min(1e-12))
     info["replaced"] = int(len(tail))
     return new, info

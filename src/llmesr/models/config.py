@@ -114,6 +114,9 @@ class ModelConfig:
     cities_pe_fix: bool = True
     #: infer with F's best epoch (the official code keeps the last one: False)
     cities_restore_best: bool = True
+    #: rescale each inferred row to the norm of the row it replaces (ours, not in CITIES: the
+    #: MSE-trained F shrinks rows toward the mean, and a dot product then ranks them low)
+    cities_match_norm: bool = False
     # ---- MELT (model = melt; llmesr.models.melt) --------------------------------------------
     #: stage 2's epochs, all run (the curriculum moves with epoch / melt_epochs); the best
     #: on validation is kept. The official Beauty script: 180 (the paper preset)
@@ -188,7 +191,7 @@ _DUAL_ONLY = ("use_co_view", "use_se_view", "use_cross_attention", "share_encode
               "beta")
 _RLMREC_ONLY = ("rlmrec_weight", "rlmrec_tau")
 _CITIES_ONLY = ("cities_head_count", "cities_max_shots", "cities_epochs", "cities_patience",
-                "cities_lr", "cities_pe_fix", "cities_restore_best")
+                "cities_lr", "cities_pe_fix", "cities_restore_best", "cities_match_norm")
 _MELT_ONLY = ("melt_epochs", "melt_pareto", "melt_lambda_u", "melt_lambda_i",
               "melt_wu_residual", "melt_context_self", "melt_warm_update")
 
@@ -288,6 +291,7 @@ MODEL_FIELDS: dict[str, Setting] = {
     "cities_lr": Float(0, low_open=True),
     "cities_pe_fix": Bool(),
     "cities_restore_best": Bool(),
+    "cities_match_norm": Bool(),
     "melt_epochs": Int(1),
     "melt_pareto": Float(0.02, 1, low_open=True),
     "melt_lambda_u": Float(0),

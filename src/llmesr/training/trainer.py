@@ -938,6 +938,7 @@ class Trainer:
                 max_shots=m.cities_max_shots, epochs=m.cities_epochs,
                 patience=m.cities_patience, lr=m.cities_lr, pe_fix=m.cities_pe_fix,
                 restore_best=m.cities_restore_best, mask_row=mask_row, seed=self.tcfg.seed,
+                match_norm=m.cities_match_norm,
                 log=self.log, progress=self.progress)
             with torch.no_grad():
                 table.copy_(new)
