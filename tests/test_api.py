@@ -113,6 +113,12 @@ def test_train_reads_a_yaml_config_and_keywords_override_it(five_lines, tmp_path
     assert saved["model"]["causal"] is False             # the paper preset
     assert saved["train"]["batch_size"] == 64 and saved["train"]["epochs"] == 1
     assert run.raw_metrics["epochs"] == 1
+    # MELT from that id run (a Run object): stage 2 only, the id weights as its backbone
+    melt = llmesr.train(ds.path, model="melt", preset="paper", init_from=run,
+                        out=tmp_path / "melt",
+                        max_len=10, melt_epochs=1, progress=False)
+    assert melt.raw_metrics["melt"]["stage1"]["from_run"] == str(run.path)
+    assert melt.raw_metrics["epochs"] == 1 and len(melt.recommend(["1", "7"], k=5)) == 5
 
 
 # ---- errors ----------------------------------------------------------------------------------

@@ -387,12 +387,14 @@ def train(data: Dataset | PathLike, *, out: PathLike, model: str | None = None,
           backbone: str | None = None, preset: str | None = None,
           config: PathLike | None = None, embeddings: str | None = None,
           resume: bool = False, overwrite: bool = False, progress: bool = True,
-          log: Callable[..., Any] | None = None, **settings: Any) -> "Run":
+          log: Callable[..., Any] | None = None, init_from: "Run | PathLike | None" = None,
+          **settings: Any) -> "Run":
     """Train a model on a prepared dataset into run directory ``out`` (``llmesr train``).
 
     Args:
         data: a :class:`Dataset` or a dataset directory (embedded, for ``llminit``/``llmesr``).
-        model: ``id`` | ``llminit`` | ``llmesr`` (default ``llmesr``).
+        model: ``id`` | ``llminit`` | ``llmesr`` | ``rlmrec`` | ``cities`` | ``melt``
+            (default ``llmesr``).
         backbone: ``sasrec`` | ``bert4rec`` | ``gru4rec`` (default ``sasrec``).
         preset: ``default`` (bugs fixed) | ``paper`` (the original code's behaviour).
         config: a YAML or JSON file of settings, flat or under ``model:`` and ``train:``
@@ -401,6 +403,9 @@ def train(data: Dataset | PathLike, *, out: PathLike, model: str | None = None,
             file's.
         embeddings: the folder under ``DATA_DIR/semantic/`` (default: the first).
         resume: continue an interrupted run; ``overwrite``: start ``out`` again.
+        init_from: ``cities`` and ``melt``: a finished ``id`` run (a :class:`Run` or its
+            directory) whose weights are the backbone, instead of training it
+            (``--init-from``).
         settings: any field of :class:`llmesr.models.config.ModelConfig` or
             :class:`llmesr.models.config.TrainConfig`, e.g. ``epochs=20, alpha=0,
             max_len=50, patience=5, seed=43``.
@@ -413,8 +418,11 @@ def train(data: Dataset | PathLike, *, out: PathLike, model: str | None = None,
 
     # the same layers as `llmesr train`: preset, then the config file, then the keywords
     mcfg, tcfg = build_configs(preset, backbone, model, settings, config=config)
+    if isinstance(init_from, Run):
+        init_from = init_from.path
     trainer = Trainer(os.fspath(data), mcfg, tcfg, out, embeddings=embeddings, resume=resume,
-                      overwrite=overwrite, progress=progress, log=_logger(progress, log))
+                      overwrite=overwrite, progress=progress, log=_logger(progress, log),
+                      init_from=init_from)
     trainer.fit()
     return Run(out)
 
