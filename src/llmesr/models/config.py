@@ -138,6 +138,9 @@ class ModelConfig:
     #: rows, so that the first tail-item update (before the first epoch) is not made with a
     #: random W_I, which overwrites most rows with noise (the official code: False)
     melt_warm_update: bool = True
+    #: replace the tail items' rows at each epoch's start (MELT's item-to-user transfer);
+    #: off only for ablations
+    melt_tail_update: bool = True
     #: item regularisation (SPEC §4.8; off in the paper's scripts)
     item_reg: bool = False
     beta: float = 0.1
@@ -193,7 +196,8 @@ _RLMREC_ONLY = ("rlmrec_weight", "rlmrec_tau")
 _CITIES_ONLY = ("cities_head_count", "cities_max_shots", "cities_epochs", "cities_patience",
                 "cities_lr", "cities_pe_fix", "cities_restore_best", "cities_match_norm")
 _MELT_ONLY = ("melt_epochs", "melt_pareto", "melt_lambda_u", "melt_lambda_i",
-              "melt_wu_residual", "melt_context_self", "melt_warm_update")
+              "melt_wu_residual", "melt_context_self", "melt_warm_update",
+              "melt_tail_update")
 
 
 def inert_settings(model: str) -> frozenset[str]:
@@ -299,6 +303,7 @@ MODEL_FIELDS: dict[str, Setting] = {
     "melt_wu_residual": Bool(),
     "melt_context_self": Bool(),
     "melt_warm_update": Bool(),
+    "melt_tail_update": Bool(),
     "loss": Choice(*LOSSES),
     "sampled_negatives": Int(1),
     "negative_sampler": Choice(*SAMPLERS),

@@ -766,14 +766,15 @@ class Trainer:
                                 self.ds.num_items, self_item=m.melt_context_self)
         head_items = split.head_items[ctx.count(split.head_items) > 0]
         self._melt = (melt, split, ctx, counts, head_items)
-        if fit_wi:
+        if fit_wi and m.melt_tail_update:
             self._melt_fit_wi()
         offset = info["stage1"]["epochs"]
         shares: list = []
 
         def before_epoch(epoch: int, steps: int) -> None:
             self._melt_epoch = epoch - offset - 1
-            self._melt_tail_update()
+            if m.melt_tail_update:
+                self._melt_tail_update()
             users = np.array_split(self.rng.permutation(split.head_users), steps)
             items = np.array_split(self.rng.permutation(head_items), steps)
             shares[:] = list(zip(users, items))
