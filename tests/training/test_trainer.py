@@ -315,3 +315,31 @@ def test_melt_s_first_stage_is_the_id_run_of_its_seed(beauty_subset, tmp_path):
     idw = load_file(str(tmp_path / "id" / "model.safetensors"))
     bb = load_file(str(tmp_path / "melt" / "backbone.safetensors"))
     assert all(torch.equal(idw[k], bb[k]) for k in idw)
+
+
+def test_melt_replaces_only_tail_rows_and_the_switch_turns_it_off(beauty_subset, tmp_path):
+    from safetensors.torch import load_file
+    _train(beauty_subset, tmp_path / "id", "id", epochs=1).fit()
+    changed = {}
+    for on in (True, False):
+        # lr 1e-12: SGD moves a row by about 1e-12, the tail-item update replaces it
+        mcfg, tcfg = build_configs("default", "sasrec", "melt", {
+            "max_len": "30", "melt_epochs": "1", "lr": "1e-12", "melt_tail_update": str(on)})
+        out = tmp_path / f"melt-{on}"
+        m = Trainer(beauty_subset, mcfg, tcfg, out, progress=False, log=lambda *a: None,
+                    init_from=tmp_path / "id").fit()
+        new = load_file(str(out / "model.safetensors"))["co.embedding.weight"]
+        old = load_file(str(out / "backbone.safetensors"))["co.embedding.weight"]
+        changed[on] = set(torch.nonzero(((new - old).abs() > 1e-6).any(1)).ravel().tolist())
+        head = m["melt"]["head_items"]
+    assert changed[False] == set()
+    assert len(changed[True]) > 0 and 0 not in changed[True] and head > 0
+    # no head item's row is touched
+    from llmesr.data.artifact import load_dataset
+    from llmesr.models.melt import split_head_tail
+    from llmesr.training.batches import TrainView
+    v = TrainView.of(load_dataset(beauty_subset))
+    counts = np.bincount(v.owned(np.arange(len(v.train_len)))[1], minlength=v.num_items + 1)
+    split = split_head_tail(v.train_len, counts, 0.8)
+    assert changed[True] <= set(split.tail_items.tolist())
+    assert not changed[True] & set(split.head_items.tolist())
