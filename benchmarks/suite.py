@@ -216,7 +216,6 @@ def method_speed(data: str, methods: list[str], threads: int, device: str) -> li
     from llmesr.training.trainer import load_run
 
     base = ["--set", f"device={device}"]
-    out = []
     with tempfile.TemporaryDirectory() as tmp:
         idrun = Path(tmp) / "id"
         per = {"id": epoch_run(data, [*base, "--model", "id"], 1, threads, keep=idrun)}
@@ -238,10 +237,7 @@ def method_speed(data: str, methods: list[str], threads: int, device: str) -> li
                 per[m] = {"args": "--model cities (its stage: 1 epoch of F + inference)",
                           "stage_seconds": round(time.perf_counter() - t0, 1),
                           "replaced": info["replaced"]}
-    for m, row in per.items():
-        if m == "id" or m in methods:
-            out.append({"model": m, **row})
-    return out
+    return [{"model": m, **row} for m, row in per.items()]
 
 
 def ddp_speed(data: str, models: list[str], procs: int, threads: int, device: str) -> list:

@@ -175,9 +175,10 @@ class SequentialRecommender(nn.Module):
     def user_state(self, seq: torch.Tensor, pos: torch.Tensor, raw: bool = False
                    ) -> torch.Tensor:
         """The last position's state (B, H): the user representation. MELT's tail users
-        (at most n_u* items) get f + W_U f, unless ``raw`` (the backbone's f alone)."""
+        (at most n_u* items) get f + W_U f, unless ``raw`` (the backbone's f alone); before
+        stage 2 sets n_u* it is -1, so nobody is."""
         f = self.encode(seq, pos, last_only=True)[:, -1]
-        if self.melt is None or raw or float(self.melt.user_thres) < 0:
+        if self.melt is None or raw:
             return f
         n = (seq > 0).sum(dim=1) - (1 if self.cfg.backbone == "bert4rec" else 0)
         tail = (n <= self.melt.user_thres)[:, None]

@@ -21,6 +21,7 @@ import json
 import math
 import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +36,7 @@ from llmesr.errors import LlmesrError
 from llmesr.evaluation.metrics import beyond_accuracy, metrics_from_ranks
 from llmesr.evaluation.protocols import (fixed_rng, full_ranking_ranks_factored,
                                          group_masks, group_metrics, sampled_ranks)
+from llmesr.models import melt
 from llmesr.models.chunking import plan_chunks
 from llmesr.models.config import ModelConfig, TrainConfig, configs_from_dict, configs_to_dict
 from llmesr.models.distill import SelfDistillation
@@ -188,6 +190,15 @@ def load_semantic(folder: Path | None, needs: bool, *, num_items: int | None = N
     return llm, pca, nbrs
 
 
+@dataclass
+class _MeltData:
+    """What MELT's stage 2 derives from the training parts (llmesr.models.melt)."""
+    split: melt.MeltSplit
+    contexts: melt.ItemContexts
+    head_items: np.ndarray     # head items with at least one context (the item branch's)
+    tail_items: np.ndarray     # tail items with at least one context (the update's)
+
+
 class _StepLoss(nn.Module):
     """A training step's whole loss as one ``forward`` (the model is its only submodule),
     so that ``DistributedDataParallel`` sees one forward per backward however many passes
@@ -234,7 +245,7 @@ class Trainer:
         #: melt: this step's share of head users and items, and stage 2's 0-based epoch
         self._melt_part: tuple[np.ndarray, np.ndarray] | None = None
         self._melt_epoch = 0
-        self._melt = None
+        self._melt: _MeltData | None = None
         # folders fit() makes (deepest first), removed again if it fails before a checkpoint
         self._made_dirs = [d for d in (self.run_dir, *self.run_dir.parents) if not d.exists()]
         progress_ = "other" if evaluate_only else run_progress(self.run_dir)
@@ -311,7 +322,9 @@ class Trainer:
         self.view = TrainView.of(self.ds)
         # the popularity distribution of the popularity / in-batch samplers (losses.py)
         _, train_items = self.view.owned(np.arange(len(self.view.train_len)))
-        self.model.set_target_counts(np.bincount(train_items, minlength=self.ds.num_items + 1)[1:])
+        #: each item's count among the training interactions (N + 1,; index 0 unused)
+        self.train_counts = np.bincount(train_items, minlength=self.ds.num_items + 1)
+        self.model.set_target_counts(self.train_counts[1:])
         self.row_chunk = 512     # at most this many rows per length group (see _chunks)
         self.builder = BatchBuilder(self.view, mcfg.backbone, mcfg.max_len, self.rng,
                                     neighbors=nbrs if self.use_sd else None,
@@ -725,12 +738,8 @@ class Trainer:
         """MELT's joint training on the best stage-1 backbone (or the --init-from one):
         ``melt_epochs`` epochs, all run, the best on validation kept. The epochs continue
         the run's numbering; state["stage"] = 2 marks them, so --resume continues here."""
-        from llmesr.models import melt
-
         m, main = self.mcfg, self.rank == 0
-        counts = np.bincount(self.view.owned(np.arange(len(self.view.train_len)))[1],
-                             minlength=self.ds.num_items + 1)
-        split = melt.split_head_tail(self.view.train_len, counts, m.melt_pareto)
+        split = melt.split_head_tail(self.view.train_len, self.train_counts, m.melt_pareto)
         fit_wi = False
         if state.get("stage", 1) == 1:
             if not (self.run_dir / "model.safetensors").is_file():
@@ -765,7 +774,8 @@ class Trainer:
         ctx = melt.ItemContexts(self.view.items, self.view.starts, self.view.train_len,
                                 self.ds.num_items, self_item=m.melt_context_self)
         head_items = split.head_items[ctx.count(split.head_items) > 0]
-        self._melt = (melt, split, ctx, counts, head_items)
+        self._melt = _MeltData(split, ctx, head_items,
+                               split.tail_items[ctx.count(split.tail_items) > 0])
         if fit_wi and m.melt_tail_update:
             self._melt_fit_wi()
         offset = info["stage1"]["epochs"]
@@ -792,8 +802,7 @@ class Trainer:
         """(len(ids), hidden): each item's mean over all its contexts of f(c) + W_U f(c)
         (f(c) alone with ``melt_wu_residual`` off: the official update), in eval mode and
         without gradients."""
-        _, _, ctx, _, _ = self._melt
-        m, model = self.mcfg, self.model
+        ctx, m, model = self._melt.contexts, self.mcfg, self.model
         idx, seg = ctx.of(ids)
         was = model.training
         model.eval()
@@ -816,7 +825,7 @@ class Trainer:
     def _melt_fit_wi(self) -> None:
         """melt_warm_update: W_I by ridge least squares from the head items' context means
         to their rows, so the first tail-item update does not use a random map."""
-        melt, _, _, _, head_items = self._melt
+        head_items = self._melt.head_items
         if len(head_items) < 2:
             return
         x = self._melt_context_means(head_items)
@@ -828,8 +837,7 @@ class Trainer:
 
     def _melt_tail_update(self) -> None:
         """MELT: every tail item's row <- W_I(mean over its contexts of f(c) [+ W_U f(c)])."""
-        _, split, ctx, _, _ = self._melt
-        tail = split.tail_items[ctx.count(split.tail_items) > 0]
+        tail = self._melt.tail_items
         if len(tail) == 0:
             return
         z = self._melt_context_means(tail)
@@ -839,7 +847,7 @@ class Trainer:
 
     def _melt_losses(self) -> tuple[torch.Tensor, torch.Tensor]:
         """MELT's user- and item-branch losses on this step's head users and items."""
-        melt, split, ctx, counts, _ = self._melt
+        split, ctx, counts = self._melt.split, self._melt.contexts, self.train_counts
         users, items = self._melt_part
         m, model, e = self.mcfg, self.model, self._melt_epoch
         zero = torch.zeros((), device=self.device)
@@ -900,11 +908,9 @@ class Trainer:
                               "checksum differs)")
         if not (run / "model.safetensors").is_file():
             raise LlmesrError(f"--init-from {run}: no trained weights (model.safetensors)")
-        if self.mcfg.model == "melt" and omcfg.model == "id":
-            # the id run has the backbone only: MELT's heads keep their initial weights
-            load_weights(self.model, run / "model.safetensors", allow_missing=("melt",))
-        else:
-            load_weights(self.model, run / "model.safetensors")
+        # an id run has the backbone only: MELT's heads keep their initial weights
+        load_weights(self.model, run / "model.safetensors",
+                     allow_missing=("melt",) if self.mcfg.model == "melt" else ())
         if self.rank == 0:
             save_weights(self.model, self.run_dir / "model.safetensors")
         ddp.barrier()
