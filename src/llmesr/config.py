@@ -76,6 +76,8 @@ class PrepareConfig:
         for name in ("kcore_user", "kcore_item", "min_history"):
             if getattr(self, name) < 0:
                 raise LlmesrError(f"{name} must be >= 0")
+        if self.min_rating is not None and not math.isfinite(self.min_rating):
+            raise LlmesrError(f"min_rating must be a finite number, not {self.min_rating!r}")
         return self
 
 
@@ -109,6 +111,9 @@ class LongTailConfig:
             v = getattr(self, name)
             if v is not None and v < 1:
                 raise LlmesrError(f"{name} must be >= 1")
+        if self.max_len < 1:
+            raise LlmesrError(f"max_len must be >= 1 (the history cap for user groups), "
+                              f"not {self.max_len}")
         return self
 
 

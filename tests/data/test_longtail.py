@@ -61,3 +61,5 @@ def test_bad_longtail_config():
         LongTailConfig(popularity="clicks").validate()
     with pytest.raises(LlmesrError, match="ts_user"):
         LongTailConfig(ts_user=0).validate()
+    with pytest.raises(LlmesrError, match="max_len must be >= 1"):
+        LongTailConfig(max_len=0).validate()

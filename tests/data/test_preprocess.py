@@ -65,6 +65,9 @@ def test_rating_and_date_filters():
         preprocess(raw([("a", "x")]), PrepareConfig(date_start="2000-01-01", **NONE))
     with pytest.raises(LlmesrError, match="not a date"):
         preprocess(r, PrepareConfig(date_start="yesterday-ish", **NONE))
+    for bad in (float("nan"), float("inf")):
+        with pytest.raises(LlmesrError, match="min_rating must be a finite number"):
+            preprocess(r, PrepareConfig(min_rating=bad, **NONE))
 
 
 def test_duplicate_policies():

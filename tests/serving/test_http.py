@@ -222,6 +222,19 @@ def test_text_that_is_not_unicode_gets_a_422_and_no_traceback(server):
     assert "Traceback" not in client.log.read_text()
 
 
+def test_a_body_that_is_not_utf8_gets_a_400_that_says_so(server):
+    """Latin-1 bytes in a JSON body: FastAPI's generic 400 becomes one naming the byte."""
+    client, _ = server
+    for path, body in [("/recommend", b'{"history": ["caf\xe9"]}'),
+                       ("/items", b'{"items": [{"id": "S9", "title": "cr\xe8me"}]}')]:
+        status, reply = client.call("POST", path, raw=body)
+        assert status == 400, (body, reply)
+        assert reply["detail"].startswith("the body is not valid UTF-8 (byte "), reply
+    status, reply = client.call("POST", "/recommend", raw=b'{"history": [')
+    assert status == 422 and "not valid JSON" in reply["detail"], reply
+    assert "Traceback" not in client.log.read_text()
+
+
 def test_concurrent_clients_get_their_own_answers(server, ds):
     """Requests that arrive together are batched; each still gets its own result."""
     client, _ = server

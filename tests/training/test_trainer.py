@@ -80,6 +80,29 @@ def test_resume_continues_exactly(beauty_subset, tmp_path):
     assert [r["loss"] for r in a] == [r["loss"] for r in b]
 
 
+def test_resume_logs_each_epoch_once_in_tensorboard(beauty_subset, tmp_path):
+    """A run killed after logging an epoch but before its checkpoint logs that epoch again on
+    resume; the resumed writer purges the orphan, so TensorBoard shows each epoch once."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from torch.utils.tensorboard import SummaryWriter
+
+    run = tmp_path / "run"
+    _train(beauty_subset, run, "id", epochs=1, patience=5).fit()
+    orphan = SummaryWriter(str(run / "tensorboard"))       # the killed epoch 2's line
+    orphan.add_scalar("loss", 999.0, 2)
+    orphan.close()
+    mcfg, tcfg = build_configs("default", "sasrec", "id", {
+        "epochs": "2", "patience": "5", "max_len": "30", "sd_teachers": "3"})
+    Trainer(beauty_subset, mcfg, tcfg, run, resume=True, progress=False,
+            log=lambda *a: None).fit()
+    acc = EventAccumulator(str(run / "tensorboard"))
+    acc.Reload()
+    events = acc.Scalars("loss")
+    assert [e.step for e in events] == [1, 2]
+    logged = [float(r["loss"]) for r in csv.DictReader(open(run / "train_log.csv"))]
+    assert [e.value for e in events] == pytest.approx(logged, rel=1e-5)
+
+
 def test_run_directory_reloads_the_model(beauty_subset, tmp_path):
     tr = _train(beauty_subset, tmp_path / "run", epochs=1)
     tr.fit()

@@ -213,6 +213,23 @@ def _item_id(v: Any) -> str:
     raise ValueError(f"an item id is a string or an integer, not {type(v).__name__}")
 
 
+#: FastAPI's words for a body it could not decode at all (anything but a JSON syntax error)
+_FASTAPI_BODY_ERROR = "There was an error parsing the body"
+
+
+async def _body_error(req: Request, fallback: str) -> str:
+    """Why FastAPI could not parse the body, in words a client can act on."""
+    try:
+        body = await req.body()          # already read and cached by FastAPI
+        body.decode("utf-8")
+    except UnicodeDecodeError as e:
+        return (f"the body is not valid UTF-8 (byte {e.start}: {body[e.start:e.start + 1]!r}): "
+                "send JSON encoded as UTF-8")
+    except Exception:                    # noqa: BLE001 - keep FastAPI's own words
+        return fallback
+    return fallback
+
+
 def _message(e: dict[str, Any]) -> str:
     loc = [str(p) for p in e.get("loc", ()) if p != "body"]
     if e.get("type") == "json_invalid":
@@ -318,8 +335,11 @@ def create_app(rec: Recommender, limits: Optional[Limits] = None) -> FastAPI:
                                                           "errors": len(errors)})
 
     @app.exception_handler(StarletteHTTPException)
-    async def http_error(_req: Request, exc: StarletteHTTPException):
-        return SafeJSONResponse(status_code=exc.status_code, content={"detail": exc.detail},
+    async def http_error(req: Request, exc: StarletteHTTPException):
+        detail = exc.detail
+        if exc.status_code == 400 and detail == _FASTAPI_BODY_ERROR:
+            detail = await _body_error(req, detail)
+        return SafeJSONResponse(status_code=exc.status_code, content={"detail": detail},
                                 headers=getattr(exc, "headers", None))
 
     @app.get("/health")

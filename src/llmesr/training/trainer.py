@@ -641,7 +641,9 @@ class Trainer:
             if main:
                 trim_train_log(self.run_dir / "train_log.csv", state["epoch"])
             self.log(f"resuming after epoch {state['epoch']}")
-        writer = self._tensorboard() if main else None
+        # on resume, events an interrupted run logged after its checkpoint are purged, so no
+        # epoch appears twice in TensorBoard
+        writer = self._tensorboard(state["epoch"] + 1 if self.resume else None) if main else None
         if self.init_from is not None and not self.resume:
             self._take_backbone(self.init_from)
             state["from_run"] = str(self.init_from)
@@ -1028,12 +1030,12 @@ class Trainer:
                 w.writeheader()
             w.writerow(row)
 
-    def _tensorboard(self):
+    def _tensorboard(self, purge_step: int | None = None):
         try:
             from torch.utils.tensorboard import SummaryWriter
         except ImportError:
             return None
-        return SummaryWriter(str(self.run_dir / "tensorboard"))
+        return SummaryWriter(str(self.run_dir / "tensorboard"), purge_step=purge_step)
 
 
 def load_run(run_dir: str | Path, device: str = "cpu") -> tuple[SequentialRecommender,
