@@ -15,7 +15,7 @@ from optuna.trial import FixedTrial
 
 from llmesr.cli import main
 from llmesr.models.config import LOSSES, build_configs
-from llmesr.training.tune import base_values, search_space, suggest
+from llmesr.training.tune import searched, base_values, search_space, suggest
 
 TRIALS = 4
 # lr and dropout searched; pruning from the second trial on
@@ -122,6 +122,16 @@ def test_search_spaces():
                                      "negative_sampler": "uniform", "alpha": 0.5,
                                      "sd_teachers": 5}), space, base)
         assert chosen["sampled_negatives"] == 128 and chosen["sd_teachers"] == 5
+
+
+def test_progress_line_leaves_out_what_a_fixed_loss_rules_out():
+    space = search_space("id", {"loss"})
+    assert "sampled_negatives" in space                 # kept: the study's identity
+    shown = [k for k, p in space.items() if searched(p, space, {"loss": "ce"})]
+    assert "sampled_negatives" not in shown and "gbce_t" not in shown and "lr" in shown
+    shown = [k for k, p in space.items() if searched(p, space, {"loss": "gbce"})]
+    assert {"sampled_negatives", "gbce_t"} <= set(shown)
+    assert searched(search_space("id")["sampled_negatives"], search_space("id"), {"loss": "ce"})
 
 
 def test_base_values_is_the_untuned_configuration():

@@ -174,6 +174,14 @@ def base_values(space: dict[str, Param], base: dict[str, Any]) -> dict[str, Any]
     return point
 
 
+def searched(p: Param, space: dict[str, Param], base: dict[str, Any]) -> bool:
+    """Whether a trial can ever suggest ``p``: not when its condition's setting is fixed
+    outside the condition (``sampled_negatives`` under ``--set loss=ce``). Such parameters stay
+    in the space, so a study keeps its identity and resumes; they are only left out of the
+    progress line."""
+    return p.when is None or p.when[0] in space or base.get(p.when[0]) in p.when[1]
+
+
 def suggest(trial, space: dict[str, Param], base: dict[str, Any]) -> dict[str, Any]:
     """This trial's values for ``space``; ``base`` gives the value of a condition that is not
     searched."""
@@ -311,7 +319,8 @@ def tune(data_dir: str | Path, out: str | Path, *, model: str | None = None,
 
         done = counted()
         log(f"tune {base_m.model}/{base_m.backbone}: {done} of {trials} trials done; searching "
-            + ("; ".join(f"{k} {p.describe()}" for k, p in space.items()) or "nothing")
+            + ("; ".join(f"{k} {p.describe()}" for k, p in space.items()
+                         if searched(p, space, base)) or "nothing")
             + (f"; fixed: {', '.join(f'{k}={v}' for k, v in fixed.items())}" if fixed else ""))
         t0 = time.monotonic()
         while done < trials:
