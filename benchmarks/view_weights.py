@@ -15,7 +15,10 @@ validation-chosen point only. Tail items here are those with fewer than ``ts_ite
   for head items and ``λ_tail`` for tail items (λ_tail on a grid of ratios to λ_head);
 - ``tail_bonus`` (every run, the comparator): ``score + β`` for tail items, β a constant.
   What the semantic re-weighting gives beyond this is the text's own contribution; what a
-  bonus gives alone is a trade between head and tail that any model could make.
+  bonus gives alone is a trade between head and tail that any model could make;
+- ``semantic_added`` (with ``--semantic-from LLMESR_RUN``, for each run that is not llmesr):
+  the run's score plus ``λ u_se·e_se`` of that llmesr run's semantic tower (state and rows),
+  λ on a grid from 0: whether the text view holds anything the run's own model lacks.
 
 JSON on stdout (and ``--out``).
 """
@@ -63,7 +66,8 @@ def _search(tr, points: list[dict], set_point) -> dict:
     return {"trained": trained, "validation_chosen": chosen, "grid": grid}
 
 
-def weigh(run_dir: str, data_dir: str | None, device: str | None) -> dict:
+def weigh(run_dir: str, data_dir: str | None, device: str | None,
+          semantic_from: str | None = None) -> dict:
     tr = run_trainer(run_dir, data_dir=data_dir, device=device, log=lambda *a: None)
     tr.eval_bars = False
     model = tr.model
@@ -93,6 +97,34 @@ def weigh(run_dir: str, data_dir: str | None, device: str | None) -> dict:
         out["tail_bonus"] = _search(tr, [{"beta": b} for b in BONUS], bonus.update)
     finally:
         del tr.user_states, model.item_embeddings
+
+    if semantic_from is not None and model.se is None:
+        other = run_trainer(semantic_from, data_dir=data_dir, device=device,
+                            log=lambda *a: None)
+        if other.model.co is None or other.model.se is None:
+            raise LlmesrError(f"--semantic-from {semantic_from}: not a two-view llmesr run")
+        if other.ds.num_items != tr.ds.num_items:
+            raise LlmesrError(f"--semantic-from {semantic_from}: another dataset")
+        h, lam = other.mcfg.hidden, {"lambda": 0.0}
+
+        def added_states(rows, hist):
+            u = states_fn(rows, hist)
+            se = other.user_states(rows, hist)[:, h:].to(u.device, u.dtype)
+            return torch.cat([u, lam["lambda"] * se], dim=1)
+
+        def added_table(ids=None):
+            e = table_fn(ids)
+            return torch.cat([e, other.model.se_rows(ids).to(e.device, e.dtype)], dim=-1)
+
+        tr.user_states, model.item_embeddings = added_states, added_table
+        try:
+            with torch.no_grad():
+                out["semantic_added"] = _search(
+                    tr, [{"lambda": v} for v in (0.0, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0)],
+                    lam.update)
+            out["semantic_added"]["from"] = str(semantic_from)
+        finally:
+            del tr.user_states, model.item_embeddings
 
     if model.co is not None and model.se is not None:
         rows_fn = model.se_rows
@@ -150,10 +182,12 @@ def main() -> None:
     ap.add_argument("runs", nargs="+", help="finished run directories")
     ap.add_argument("--data", help="the runs' dataset directory, if it moved")
     ap.add_argument("--plot", help="also draw tail-item against overall NDCG@10 (PNG)")
+    ap.add_argument("--semantic-from", metavar="LLMESR_RUN",
+                    help="also add this llmesr run's semantic tower to every other run")
     args = parse_with_runtime(ap)
     try:
-        results = [weigh(r, args.data, None if args.device == "auto" else args.device)
-                   for r in args.runs]
+        results = [weigh(r, args.data, None if args.device == "auto" else args.device,
+                         args.semantic_from) for r in args.runs]
     except LlmesrError as e:
         print(f"view_weights: error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
@@ -161,7 +195,9 @@ def main() -> None:
         plot(results, args.plot)
     emit({"benchmark": "view_weights", "runs": results,
           "command": "python benchmarks/view_weights.py " + " ".join(
-              str(Path(r)) for r in args.runs)}, args.out)
+              str(Path(r)) for r in args.runs)
+          + (f" --semantic-from {args.semantic_from}" if args.semantic_from else "")},
+         args.out)
 
 
 if __name__ == "__main__":
