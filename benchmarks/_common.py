@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import resource
@@ -23,6 +24,33 @@ def emit(result: dict[str, Any], out: str | None) -> None:
     print(text)
     if out:
         Path(out).write_text(text + "\n")
+
+
+#: the long-tail groups the post-hoc benchmarks report
+GROUPS = ("overall", "tail_item", "head_item", "tail_user", "head_user")
+
+
+def split_metrics(tr, split: str) -> dict[str, dict[str, float]]:
+    """HR@10 / NDCG@10 per group of a run's :class:`~llmesr.training.trainer.Trainer` on
+    ``split`` ("valid" or "test"), full ranking under the run's own protocol."""
+    ranks, rows = tr.evaluate(split, "full")
+    targets = tr.valid_targets if split == "valid" else tr.test_targets
+    g = tr.grouped(ranks, rows, targets)
+    return {k: {"HR@10": round(g[k]["HR@10"], 5), "NDCG@10": round(g[k]["NDCG@10"], 5)}
+            for k in GROUPS}
+
+
+@contextlib.contextmanager
+def clean_errors(name: str):
+    """An :class:`~llmesr.errors.LlmesrError` (not a run, a moved dataset, ...) ends the
+    benchmark with one line on standard error and exit status 2, not a traceback."""
+    from llmesr.errors import LlmesrError
+
+    try:
+        yield
+    except LlmesrError as e:
+        print(f"{name}: error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 def parse_with_runtime(ap) -> "argparse.Namespace":

@@ -31,15 +31,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 import torch
-from _common import emit, parse_with_runtime
+from _common import clean_errors, emit, parse_with_runtime
 from scipy.stats import spearmanr
 
-from llmesr.errors import LlmesrError
 from llmesr.evaluation.protocols import full_ranking_ranks, group_masks
 from llmesr.training.trainer import run_trainer
 
@@ -173,12 +171,9 @@ def main() -> None:
                     help="leave the history out of the ranking (default: as the run's "
                          "metrics.json was evaluated)")
     args = parse_with_runtime(ap)
-    try:
+    with clean_errors("diagnose_llmesr"):
         results = [diagnose(r, args.data, None if args.device == "auto" else args.device,
                             args.exclude_seen) for r in args.runs]
-    except LlmesrError as e:            # not a run, a moved dataset, ...: one line, exit 2
-        print(f"diagnose_llmesr: error: {e}", file=sys.stderr)
-        raise SystemExit(2) from None
     if args.plot:
         plot(results, args.plot)
     emit({"benchmark": "diagnose_llmesr", "runs": results,

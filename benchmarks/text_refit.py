@@ -28,26 +28,17 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 import torch
-from _common import emit, parse_with_runtime
+from _common import clean_errors, emit, parse_with_runtime, split_metrics
 
 from llmesr.errors import LlmesrError
 from llmesr.models.melt import ridge_fit
 from llmesr.training.trainer import run_trainer
 
-GROUPS = ("overall", "tail_item", "head_item", "tail_user")
 
-
-def _metrics(tr, split: str) -> dict:
-    ranks, rows = tr.evaluate(split, "full")
-    targets = tr.valid_targets if split == "valid" else tr.test_targets
-    g = tr.grouped(ranks, rows, targets)
-    return {k: {"HR@10": round(g[k]["HR@10"], 5), "NDCG@10": round(g[k]["NDCG@10"], 5)}
-            for k in GROUPS}
 
 
 def _text_table(tr, emb_dir: str | None) -> torch.Tensor:
@@ -114,19 +105,19 @@ def refit(run_dir: str, emb_dir: str | None, data_dir: str | None, device: str |
             table[dst.to(table.device)] = new.to(table.dtype).to(table.device)
         return len(dst)
 
-    base = {"valid": _metrics(tr, "valid")}
+    base = {"valid": split_metrics(tr, "valid")}
     grid = []
     for head_min, tail_max, ridge, w in itertools.product((ts, 2 * ts), (max(ts // 2, 1), ts),
                                                          (1e-3, 1e-1), (0.5, 1.0)):
         n = apply(head_min, tail_max, ridge, w)
         grid.append({"head_min": head_min, "tail_max": tail_max, "ridge": ridge, "w": w,
-                     "replaced": n, "valid": _metrics(tr, "valid")})
+                     "replaced": n, "valid": split_metrics(tr, "valid")})
     best = max(grid, key=lambda r: r["valid"]["overall"]["NDCG@10"])
     apply(best["head_min"], best["tail_max"], best["ridge"], best["w"])
-    chosen = {**best, "test": _metrics(tr, "test")}
+    chosen = {**best, "test": split_metrics(tr, "test")}
     with torch.no_grad():
         table.copy_(orig)
-    base["test"] = _metrics(tr, "test")
+    base["test"] = split_metrics(tr, "test")
     return {"run": str(run_dir), "model": tr.mcfg.model, "seed": tr.tcfg.seed, "ts_item": ts,
             "head_items": len(head), "tail_items": len(tail), "text_dim": x.shape[1],
             "predictability": pred_ok, "untouched": base, "grid": grid,
@@ -140,12 +131,9 @@ def main() -> None:
     ap.add_argument("--embeddings", help="a 'llmesr embed' folder (default: the run's own)")
     ap.add_argument("--data", help="the runs' dataset directory, if it moved")
     args = parse_with_runtime(ap)
-    try:
+    with clean_errors("text_refit"):
         results = [refit(r, args.embeddings, args.data,
                          None if args.device == "auto" else args.device) for r in args.runs]
-    except LlmesrError as e:
-        print(f"text_refit: error: {e}", file=sys.stderr)
-        raise SystemExit(2) from None
     emit({"benchmark": "text_refit", "runs": results,
           "command": "python benchmarks/text_refit.py " + " ".join(
               str(Path(r)) for r in args.runs)

@@ -27,28 +27,19 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import sys
 from pathlib import Path
 
 import numpy as np
 import torch
-from _common import emit, parse_with_runtime
+from _common import clean_errors, emit, parse_with_runtime, split_metrics
 
 from llmesr.errors import LlmesrError
 from llmesr.training.trainer import run_trainer
 
-GROUPS = ("overall", "tail_item", "head_item", "tail_user", "head_user")
 HEAD = (0.5, 0.75, 1.0, 1.25, 1.5)
 RATIO = (0.75, 1.0, 1.25, 1.5, 1.75, 2.0)           # λ_tail / λ_head
 BONUS = (0.0, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5)
 
-
-def _metrics(tr, split: str) -> dict:
-    ranks, rows = tr.evaluate(split, "full")
-    targets = tr.valid_targets if split == "valid" else tr.test_targets
-    g = tr.grouped(ranks, rows, targets)
-    return {k: {"HR@10": round(g[k]["HR@10"], 5), "NDCG@10": round(g[k]["NDCG@10"], 5)}
-            for k in GROUPS}
 
 
 def _search(tr, points: list[dict], set_point) -> dict:
@@ -57,12 +48,12 @@ def _search(tr, points: list[dict], set_point) -> dict:
     grid = []
     for p in points:
         set_point(p)
-        grid.append({**p, "valid": _metrics(tr, "valid")})
+        grid.append({**p, "valid": split_metrics(tr, "valid")})
     best = max(grid, key=lambda r: r["valid"]["overall"]["NDCG@10"])
     set_point({k: v for k, v in best.items() if k != "valid"})
-    chosen = {**best, "test": _metrics(tr, "test")}
+    chosen = {**best, "test": split_metrics(tr, "test")}
     set_point(points[0])
-    trained = {**grid[0], "test": _metrics(tr, "test")}
+    trained = {**grid[0], "test": split_metrics(tr, "test")}
     return {"trained": trained, "validation_chosen": chosen, "grid": grid}
 
 
@@ -185,12 +176,9 @@ def main() -> None:
     ap.add_argument("--semantic-from", metavar="LLMESR_RUN",
                     help="also add this llmesr run's semantic tower to every other run")
     args = parse_with_runtime(ap)
-    try:
+    with clean_errors("view_weights"):
         results = [weigh(r, args.data, None if args.device == "auto" else args.device,
                          args.semantic_from) for r in args.runs]
-    except LlmesrError as e:
-        print(f"view_weights: error: {e}", file=sys.stderr)
-        raise SystemExit(2) from None
     if args.plot:
         plot(results, args.plot)
     emit({"benchmark": "view_weights", "runs": results,
