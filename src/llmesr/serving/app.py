@@ -219,14 +219,12 @@ _FASTAPI_BODY_ERROR = "There was an error parsing the body"
 
 async def _body_error(req: Request, fallback: str) -> str:
     """Why FastAPI could not parse the body, in words a client can act on."""
+    body = await req.body()              # already read and cached by FastAPI
     try:
-        body = await req.body()          # already read and cached by FastAPI
         body.decode("utf-8")
     except UnicodeDecodeError as e:
         return (f"the body is not valid UTF-8 (byte {e.start}: {body[e.start:e.start + 1]!r}): "
                 "send JSON encoded as UTF-8")
-    except Exception:                    # noqa: BLE001 - keep FastAPI's own words
-        return fallback
     return fallback
 
 
