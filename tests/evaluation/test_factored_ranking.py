@@ -188,6 +188,62 @@ def test_topk_small_catalogue_pads_with_zero_and_lists_minus_inf():
     assert top.tolist() == [[4, 1, 2, 0]]
 
 
+@pytest.mark.parametrize("trend", [1.0, -1.0, 0.0])
+@pytest.mark.parametrize("k", [1, 10])
+def test_topk_merge_paths_agree_with_the_reference(trend, k, monkeypatch):
+    """Scores growing with the item id (every block beats the lists: the dense fallback),
+    falling with it (no later block enters) and without a trend (a few entries of each block
+    are picked out and merged), with ties, NaN, -inf and exclusions: the lists are the
+    reference's, and each path was taken."""
+    rng = np.random.default_rng(5)
+    n_items, n_users = 2000, 90
+    items = rng.normal(size=(n_items + 1, 8)).astype(np.float32)
+    items[:, 0] = trend * np.arange(n_items + 1)                # the trend
+    items[[7, 900]] = np.nan
+    items[300:320] = items[299]                                 # ties
+    items[1500] = 0.0
+    items[1500, 0] = -np.inf                                    # -inf for every user
+    states = rng.normal(size=(n_users, 8)).astype(np.float32)
+    states[:, 0] = 8.0                                          # steps of 8 between ids
+    states[5] = np.nan                                          # a NaN row
+    targets = rng.integers(1, n_items + 1, n_users)
+    exclude = [rng.integers(0, n_items + 1, rng.integers(0, 300)) for _ in range(n_users)]
+    exclude[9] = np.arange(1, n_items - 3)                      # a list with empty slots
+    states, items = torch.from_numpy(states), torch.from_numpy(items)
+    scores = (states @ items.T).numpy()
+    scores[:, 0] = np.nan
+    dense, picked = [], []
+    real_top, real_hits = protocols._block_top, protocols._merge_hits
+    monkeypatch.setattr(protocols, "_block_top",
+                        lambda s, start, kk: dense.append(len(s)) or real_top(s, start, kk))
+    monkeypatch.setattr(protocols, "_merge_hits", lambda v, i, s, cells, start, kk:
+                        picked.append(len(cells)) or real_hits(v, i, s, cells, start, kk))
+    _, top = full_ranking_ranks_factored(_states_fn(states), items, np.arange(n_users),
+                                         targets, n_items, batch_size=64, item_block=256,
+                                         exclude=exclude, progress=False, topk=k)
+    np.testing.assert_array_equal(top, _reference_top_n(scores, targets, exclude, k))
+    blocks, first = 8, [64, 26]                                 # 2 batches of 8 blocks
+    assert dense[0] == 64 and first[1] in dense
+    if trend > 0:
+        assert len(dense) == 2 * blocks and not picked          # every block, whole
+    elif trend < 0:
+        assert not picked and max(dense[1:blocks]) <= 2         # the NaN and the open row
+    else:
+        assert len(picked) >= blocks and max(dense[1:blocks]) <= 2
+
+
+def _reference_top_n(scores: np.ndarray, targets, exclude, k: int) -> np.ndarray:
+    out = np.zeros((len(scores), k), dtype=np.int64)
+    for i, row in enumerate(scores):
+        ok = ~np.isnan(row)
+        ex = np.asarray(exclude[i], dtype=np.int64)
+        ok[ex[ex != targets[i]]] = False
+        ids = np.flatnonzero(ok)
+        ids = ids[np.lexsort((ids, -np.nan_to_num(row[ids], neginf=-3e38)))][:k]
+        out[i, : len(ids)] = ids
+    return out
+
+
 def test_a_target_rounded_apart_is_counted_again(monkeypatch):
     """If a kernel rounded a target's score differently in its own block than in the targets'
     matmul, the tile is counted again against the sweep's values: same ranks."""
@@ -270,6 +326,24 @@ def test_tiles_stay_within_block_cells(monkeypatch):
     # the float32 blocks are written into one workspace, itself within block_cells
     assert bufs and len({b.data_ptr() for b in bufs}) == 1 and bufs[0].numel() <= 1000
     assert {b for _, b in shapes} == {98}                   # 389 items: 4 balanced blocks
+
+
+@pytest.mark.parametrize("op", [torch.lt, torch.gt])
+def test_counts_in_the_float_workspace_equal_the_bool_counts(op):
+    g = torch.Generator().manual_seed(3)
+    scores = torch.randn(37, 301, generator=g)
+    scores[3, 5], scores[4, :] = float("nan"), float("inf")
+    scores[5, ::2] = float("-inf")
+    edge = scores[:, 7:8].clone()
+    edge[6] = float("nan")
+    scores[8, :50] = edge[8]                                # ties count on neither side
+    want = op(scores, edge).sum(dim=1)
+    work = torch.full((40 * 301,), 7.0)                     # stale values are overwritten
+    cols = scores[:, :250]                                  # a cut block (not contiguous)
+    for s, w in ((scores, want), (cols, op(cols, edge).sum(dim=1))):
+        got = protocols._count(op, s, edge, work)
+        assert got.dtype == torch.int64 and torch.equal(got, w)
+    assert torch.equal(protocols._count(op, scores, edge, None), want)
 
 
 def test_input_errors_and_empty():
