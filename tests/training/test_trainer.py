@@ -331,6 +331,23 @@ def test_melt_resumes_inside_its_second_stage_and_starts_from_an_id_run(beauty_s
         "from_run": str(tmp_path / "id")}
 
 
+def test_melt_patience_stops_stage_two_and_zero_runs_every_epoch(beauty_subset, tmp_path):
+    _train(beauty_subset, tmp_path / "id", "id", epochs=1).fit()
+    epochs = {}
+    for patience in (2, 0):
+        # lr 1e-12 and no tail-row update: stage 2 leaves the scores as they are, so only
+        # its first epoch improves on the start (-1)
+        mcfg, tcfg = build_configs("default", "sasrec", "melt", {
+            "max_len": "30", "melt_epochs": "4", "lr": "1e-12", "melt_tail_update": "false",
+            "melt_patience": str(patience)})
+        m = Trainer(beauty_subset, mcfg, tcfg, tmp_path / f"p{patience}", progress=False,
+                    log=lambda *a: None, init_from=tmp_path / "id").fit()
+        epochs[patience] = (m["epochs"], m["best_epoch"])
+    assert epochs == {2: (3, 1), 0: (4, 1)}
+    assert build_configs("default", "sasrec", "melt")[0].melt_patience == 5
+    assert build_configs("paper", "sasrec", "melt")[0].melt_patience == 0
+
+
 def test_melt_s_first_stage_is_the_id_run_of_its_seed(beauty_subset, tmp_path):
     from safetensors.torch import load_file
     _train(beauty_subset, tmp_path / "id", "id", epochs=1).fit()

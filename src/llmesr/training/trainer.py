@@ -738,7 +738,8 @@ class Trainer:
     # ---- MELT: stage 2 (llmesr.models.melt) ------------------------------------------------
     def _melt_stage(self, state: dict[str, Any], writer) -> None:
         """MELT's joint training on the best stage-1 backbone (or the --init-from one):
-        ``melt_epochs`` epochs, all run, the best on validation kept. The epochs continue
+        ``melt_epochs`` epochs (all of them, or until ``melt_patience`` epochs in a row bring
+        no better validation score), the best on validation kept. The epochs continue
         the run's numbering; state["stage"] = 2 marks them, so --resume continues here."""
         m, main = self.mcfg, self.rank == 0
         split = melt.split_head_tail(self.view.train_len, self.train_counts, m.melt_pareto)
@@ -772,7 +773,9 @@ class Trainer:
         info = state["melt"]
         self.log(f"MELT: {info['head_users']:,} head users (training length > "
                  f"{split.user_thres:g}), {info['head_items']:,} head items (count > "
-                 f"{split.item_thres:g}); {m.melt_epochs} epochs")
+                 f"{split.item_thres:g}); {m.melt_epochs} epochs"
+                 + (f", stopping after {m.melt_patience} without a better validation score"
+                    if m.melt_patience else ""))
         ctx = melt.ItemContexts(self.view.items, self.view.starts, self.view.train_len,
                                 self.ds.num_items, self_item=m.melt_context_self)
         head_items = split.head_items[ctx.count(split.head_items) > 0]
@@ -795,8 +798,8 @@ class Trainer:
             self._melt_part = shares[step]
 
         try:
-            self._run_epochs(state, writer, offset + m.melt_epochs, float("inf"),
-                             before_epoch, before_step)
+            self._run_epochs(state, writer, offset + m.melt_epochs,
+                             m.melt_patience or float("inf"), before_epoch, before_step)
         finally:
             self._melt_part = None
 
