@@ -65,11 +65,13 @@ def diagnose(run_dir: str, data_dir: str | None, device: str | None,
     with torch.no_grad():
         u = torch.cat([tr.user_states(rows[s:s + 1024], hist).float().cpu()
                        for s in range(0, len(rows), 1024)])
-        parts = {"co": (model.co.all().detach().float().cpu(), slice(0, h))} \
-            if model.co is not None else {}
+        # the candidates' own halves, as the model scores them (the semantic half with the
+        # learnt weight of se_sum_weight, when on)
+        table = model.item_embeddings().detach().float().cpu()
+        parts = {"co": (table[:, :h], slice(0, h))} if model.co is not None else {}
         if model.se is not None:
-            parts["se"] = (model.se_rows().detach().float().cpu(),
-                           slice(h, 2 * h) if model.co is not None else slice(0, h))
+            cols = slice(h, 2 * h) if model.co is not None else slice(0, h)
+            parts["se"] = (table[:, cols], cols)
     n_items = tr.ds.num_items
     seen = [tr.view.items[tr.starts[r]:tr.starts[r] + hist[r]] for r in rows] \
         if tr.exclude_seen else None

@@ -257,6 +257,41 @@ def test_pop_gate_starts_at_one_and_scales_the_semantic_rows():
     assert "log_count" in gated.state_dict() and "log_count" not in plain.state_dict()
 
 
+def test_se_sum_weight_scales_only_the_joint_score_and_learns_from_it_alone():
+    rng = np.random.default_rng(1)
+    n_items, h = 30, 8
+    llm = rng.normal(size=(n_items, 12)).astype(np.float32)
+    pca = rng.normal(size=(n_items, h)).astype(np.float32)
+    models = {}
+    for on, aux in ((False, 1.0), (True, 1.0), (True, 0.0)):
+        torch.manual_seed(0)
+        models[on, aux] = SequentialRecommender(ModelConfig(
+            model="llmesr", backbone="sasrec", hidden=h, layers=1, max_len=10, loss="ce",
+            use_cross_attention=False, share_encoder=False, view_aux_loss=aux,
+            se_sum_weight=on), n_items, llm=llm, pca=pca)
+    plain, weighted = models[False, 1.0], models[True, 1.0]
+    # w = 1 at the start: the same candidates
+    torch.testing.assert_close(weighted.item_embeddings(), plain.item_embeddings())
+    with torch.no_grad():
+        weighted.se_log_weight.fill_(math.log(0.5))
+    ids = torch.arange(1, n_items + 1)
+    e = weighted.item_embeddings(ids)
+    torch.testing.assert_close(e[:, :h], plain.item_embeddings(ids)[:, :h])
+    torch.testing.assert_close(e[:, h:], 0.5 * plain.se_rows(ids))
+    torch.testing.assert_close(weighted.se_rows(ids), plain.se_rows(ids))   # the view's own
+    # the view's own loss leaves w alone: w's gradient is the joint loss's, with or without it
+    u = torch.randn(5, 2 * h)
+    pos, neg = torch.tensor([1, 2, 3, 4, 5]), torch.tensor([6, 7, 8, 9, 10])
+    grads = []
+    for m in (weighted, models[True, 0.0]):
+        with torch.no_grad():
+            m.se_log_weight.fill_(math.log(0.5))
+        m.rec_loss_flat(u, pos, neg).backward()
+        grads.append(float(m.se_log_weight.grad))
+    assert grads[0] != 0 and grads[0] == pytest.approx(grads[1], rel=1e-6)
+    assert "se_log_weight" in weighted.state_dict() and plain.se_log_weight is None
+
+
 def test_pop_gate_new_items_count_zero():
     _, gated, _ = _gate_models()
     new = gated.append_items(torch.randn(2, 12), torch.randn(2, 8))

@@ -243,6 +243,14 @@ def test_pop_gate_trains_and_reloads(beauty_subset, tmp_path):
     assert not torch.equal(model.pop_gate.detach(), torch.tensor([np.log(np.e - 1), 0.0]))
 
 
+def test_se_sum_weight_trains_and_reloads(beauty_subset, tmp_path):
+    tr = _train(beauty_subset, tmp_path / "run", se_sum_weight=True, epochs=1)
+    tr.fit()
+    model, _ = load_run(tmp_path / "run")
+    w = float(model.se_log_weight)
+    assert w != 0.0 and w == float(tr.model.se_log_weight)
+
+
 def test_cities_stage_reruns_alone_after_a_kill_and_reuses_an_id_run(beauty_subset, tmp_path):
     from safetensors.torch import load_file as _load
 

@@ -93,6 +93,11 @@ class ModelConfig:
     #: targets, a and b learnt from g = 1; with b < 0 the model leans on the text for rare
     #: items. False = off (the paper)
     se_pop_gate: bool = False
+    #: a learnt weight w = exp(v), from 1, on the semantic part of the joint score only:
+    #: u_co·e_co + w u_se·e_se. The view's own loss (view_aux_loss) keeps w out, so the
+    #: semantic tower can be scaled for its own loss and weighted for the sum apart (not in
+    #: the paper). False = off
+    se_sum_weight: bool = False
     #: rlmrec: weight λ of the profile-alignment loss and its temperature τ (the official
     #: configs' ranges: λ 1e-3..1e-1, τ 0.1..1; LightGCN on Amazon/Yelp: 0.01 and 0.2)
     rlmrec_weight: float = 0.01
@@ -194,7 +199,7 @@ class ModelConfig:
 _DUAL_ONLY = ("use_co_view", "use_se_view", "use_cross_attention", "share_encoder",
               "adapter_layers", "adapter_activation", "co_init", "freeze_semantic",
               "cross_attention_residual", "causal_cross_attention", "alpha", "sd_teachers",
-              "teacher_dropout", "teacher_cache", "view_aux_loss", "se_pop_gate", "item_reg",
+              "teacher_dropout", "teacher_cache", "view_aux_loss", "se_pop_gate", "se_sum_weight", "item_reg",
               "beta")
 _RLMREC_ONLY = ("rlmrec_weight", "rlmrec_tau")
 _CITIES_ONLY = ("cities_head_count", "cities_max_shots", "cities_epochs", "cities_patience",
@@ -288,6 +293,7 @@ MODEL_FIELDS: dict[str, Setting] = {
     "co_dropout": Float(0, 1, high_open=True),
     "view_aux_loss": Float(0),
     "se_pop_gate": Bool(),
+    "se_sum_weight": Bool(),
     "item_reg": Bool(),
     "rlmrec_weight": Float(0),
     "rlmrec_tau": Float(0, low_open=True),

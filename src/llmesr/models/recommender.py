@@ -75,6 +75,10 @@ class SequentialRecommender(nn.Module):
             self.register_buffer("log_count", torch.zeros(num_items + 2), persistent=True)
         else:
             self.pop_gate = None
+        # w = exp(v) on the semantic part of the joint score; v = 0: w = 1 at the start
+        self.se_log_weight = (nn.Parameter(torch.zeros(()))
+                              if self.se is not None and cfg.dual and cfg.se_sum_weight
+                              else None)
         self.is_gru = cfg.backbone == "gru4rec"
         if not self.is_gru:
             self.pos_emb = nn.Embedding(cfg.max_len + 100, h)
@@ -199,12 +203,14 @@ class SequentialRecommender(nn.Module):
         return out
 
     def item_embeddings(self, ids: torch.Tensor | None = None) -> torch.Tensor:
-        """Candidate embeddings c_i = [e_co; e_se] for ``ids`` (any shape) or all N + 2 rows."""
+        """Candidate embeddings c_i = [e_co; e_se] for ``ids`` (any shape) or all N + 2 rows
+        (e_se times the learnt weight w of ``se_sum_weight``, when on)."""
         parts = []
         if self.co is not None:
             parts.append(self.co.all() if ids is None else self.co(ids))
         if self.se is not None:
-            parts.append(self.se_rows(ids))
+            se = self.se_rows(ids)
+            parts.append(se if self.se_log_weight is None else se * self.se_log_weight.exp())
         return parts[0] if len(parts) == 1 else torch.cat(parts, dim=-1)
 
     def se_rows(self, ids: torch.Tensor | None = None) -> torch.Tensor:
