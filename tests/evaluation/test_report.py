@@ -55,7 +55,7 @@ def _dataset(tmp_path):
     return out
 
 
-def _fake_run(ds_dir, out, model, seed, shift=0):
+def _fake_run(ds_dir, out, model, seed, shift=0, backbone="sasrec"):
     """A finished run directory as 'llmesr train' leaves it, minus the weights (enough for a
     report without t-SNE): config.json, metrics.json and the per-case ranks."""
     import json
@@ -72,7 +72,7 @@ def _fake_run(ds_dir, out, model, seed, shift=0):
     tail_item = pop[users["test_item"].to_numpy()[rows]] < ds.ts_item
     rng = np.random.default_rng(seed)
     out.mkdir(parents=True)
-    mcfg, tcfg = build_configs("default", "sasrec", model, {"seed": str(seed)})
+    mcfg, tcfg = build_configs("default", backbone, model, {"seed": str(seed)})
     (out / "config.json").write_text(json.dumps({
         "configs": configs_to_dict(mcfg, tcfg),
         "dataset": {"path": str(ds_dir), "name": "tiny", "num_items": ds.num_items,
@@ -86,6 +86,49 @@ def _fake_run(ds_dir, out, model, seed, shift=0):
     (out / "metrics.json").write_text(json.dumps({"test": test, "epochs": 3, "best_epoch": 2,
                                                   "train_seconds": 1.0}))
     return out
+
+
+def test_a_report_of_several_backbones_keeps_each_backbone_s_own_numbers(tmp_path):
+    """Labels repeat across backbones ('id' on each): the tables used to be keyed by the
+    label alone, so every backbone showed the last one's numbers and was tested against
+    the last one's baseline."""
+    import csv
+    import json
+
+    from llmesr.evaluation.report import load_run_result, write_report
+
+    ds = _dataset(tmp_path)
+    runs = [_fake_run(ds, tmp_path / "runs" / f"{b}-{m}", m, seed, shift, backbone=b)
+            for b, seed in (("sasrec", 1), ("gru4rec", 2)) for m, shift in (("id", 0),
+                                                                          ("llminit", 6))]
+    rep = write_report(runs, tmp_path / "rep", tsne=False, log=lambda *a: None)
+    table = rep["protocols"]["full"]["table"]
+    assert sorted(table) == ["gru4rec id", "gru4rec llminit", "sasrec id", "sasrec llminit"]
+    for run in runs:
+        r = load_run_result(run)
+        want = json.loads((run / "metrics.json").read_text())["test"]["full"]["overall"]
+        got = table[f"{r.backbone} {r.model}"]["overall"]["HR@10"]["mean"]
+        assert got == pytest.approx(want["HR@10"])
+    tests = [t for t in rep["protocols"]["full"]["tests"] if t["group"] == "overall"
+             and t["metric"] == "HR@10"]
+    assert sorted((t["key"], t["baseline"]) for t in tests) == [
+        ("gru4rec llminit", "id"), ("sasrec llminit", "id")]
+    for t in tests:
+        b = t["backbone"]
+        diff = table[f"{b} llminit"]["overall"]["HR@10"]["mean"] - \
+            table[f"{b} id"]["overall"]["HR@10"]["mean"]
+        assert t["mean_diff"] == pytest.approx(diff)
+    rows = list(csv.DictReader(open(tmp_path / "rep" / "report.csv")))
+    for row in rows:
+        if row["protocol"] == "full" and row["group"] == "overall" and \
+                row["metric"] == "HR@10":
+            assert float(row["mean"]) == pytest.approx(
+                table[f"{row['backbone']} {row['model']}"]["overall"]["HR@10"]["mean"])
+            assert (row["baseline"] == "id") == (row["model"] == "llminit")
+    md = (tmp_path / "rep" / "report.md").read_text()
+    for b in ("sasrec", "gru4rec"):
+        hr = table[f"{b} id"]["overall"]["HR@10"]["mean"]
+        assert f"| {b} | id | 1 | {hr:.4f} |" in md
 
 
 def test_report_without_the_baseline_skips_significance(tmp_path, capsys):

@@ -234,6 +234,9 @@ class Variant:
     backbone: str
     model: str
     runs: list[RunResult]
+    #: the variant's name in the report's tables, unique in the report: the label, with the
+    #: backbone in front when the report has several (labels repeat across backbones)
+    key: str = ""
 
     @property
     def seeds(self) -> list[int]:
@@ -294,6 +297,9 @@ def group_variants(runs: list[RunResult]) -> list[Variant]:
             v.label = f"{v.model} ({', '.join(diff[:3])})" if diff else v.model
     order = {m: i for i, m in enumerate(("id", "cities", "melt", "llminit", "rlmrec", "llmesr"))}
     variants.sort(key=lambda v: (v.backbone, order.get(v.model, 9), v.label))
+    multi = len({v.backbone for v in variants}) > 1
+    for v in variants:
+        v.key = f"{v.backbone} {v.label}" if multi else v.label
     return variants
 
 
@@ -416,7 +422,8 @@ def build_report(runs: list[RunResult], *, baseline: str | None = "id",
         "user_buckets": _bucket_names(USER_BUCKETS), "item_buckets": _bucket_names(ITEM_BUCKETS),
         "user_bucket_counts": np.bincount(info.user_bucket, minlength=5).tolist(),
         "item_bucket_counts": np.bincount(info.item_bucket, minlength=5).tolist(),
-        "variants": [{"label": v.label, "backbone": v.backbone, "model": v.model,
+        "variants": [{"label": v.label, "key": v.key, "backbone": v.backbone,
+                      "model": v.model,
                       "seeds": v.seeds, "runs": [str(r.path) for r in v.runs],
                       "epochs": [r.metrics.get("epochs") for r in v.runs],
                       "best_epoch": [r.metrics.get("best_epoch") for r in v.runs],
@@ -428,10 +435,10 @@ def build_report(runs: list[RunResult], *, baseline: str | None = "id",
         table: dict[str, Any] = {}
         tests: list[dict[str, Any]] = []
         # (seeds, cases) per variant and metric, computed once (a baseline serves many rows)
-        values = {v.label: {m: np.stack([per_case(r.ranks[p], m) for r in v.runs])
-                            for m in metrics} for v in variants}
+        values = {v.key: {m: np.stack([per_case(r.ranks[p], m) for r in v.runs])
+                          for m in metrics} for v in variants}
         for v in variants:
-            per_seed = values[v.label]
+            per_seed = values[v.key]
             cell: dict[str, Any] = {}
             for g, mask in masks.items():
                 cell[g] = {}
@@ -444,16 +451,16 @@ def build_report(runs: list[RunResult], *, baseline: str | None = "id",
                 cell[name] = {m: [float(per_seed[m][:, bucket == b].mean())
                                   if (bucket == b).any() else None for b in range(5)]
                               for m in metrics}
-            table[v.label] = cell
+            table[v.key] = cell
             ref = base.get(v.backbone)
             if ref is None or ref is v:
                 continue
-            ref_seed = values[ref.label]
+            ref_seed = values[ref.key]
             for g, mask in masks.items():
                 for m in metrics:
                     t = paired_tests(per_seed[m].mean(axis=0)[mask],
                                      ref_seed[m].mean(axis=0)[mask])
-                    tests.append({"variant": v.label, "backbone": v.backbone,
+                    tests.append({"variant": v.label, "key": v.key, "backbone": v.backbone,
                                   "baseline": ref.label, "group": g, "metric": m, **t})
         for key in ("p_ttest", "p_wilcoxon"):          # one family per protocol
             adj = holm([t[key] for t in tests])
@@ -484,7 +491,7 @@ def beyond_table(variants: list[Variant]) -> dict[str, Any]:
         per_run = [r.metrics.get("beyond", {}).get("full") for r in v.runs]
         if any(b is None for b in per_run):
             continue
-        table[v.label] = {g: {m: _stat([b[g][m] for b in per_run]) for m in BEYOND}
+        table[v.key] = {g: {m: _stat([b[g][m] for b in per_run]) for m in BEYOND}
                           for g in GROUPS if all(g in b for b in per_run)}
     return table
 
@@ -535,7 +542,7 @@ def report_markdown(rep: dict[str, Any], plots: dict[str, str] | None = None) ->
         lines.append("| " + " | ".join(head) + " |")
         lines.append("|---" * len(head) + "|")
         for v in variants:
-            cell = res["table"][v["label"]]
+            cell = res["table"][v["key"]]
             row = [v["backbone"]] * multi_bb + [v["label"], str(len(v["seeds"]))]
             for g in GROUPS:
                 for m in rep["metrics"]:
@@ -552,7 +559,7 @@ def report_markdown(rep: dict[str, Any], plots: dict[str, str] | None = None) ->
             lines.append("| " + " | ".join(head) + " |")
             lines.append("|---" * len(head) + "|")
             for v in variants:
-                vals = res["table"][v["label"]][kind]["HR@10"]
+                vals = res["table"][v["key"]][kind]["HR@10"]
                 lines.append("| " + " | ".join([v["backbone"]] * multi_bb + [v["label"]] + [
                     "-" if x is None else f"{x:.4f}" for x in vals]) + " |")
     beyond = rep.get("beyond") or {}
@@ -568,9 +575,9 @@ def report_markdown(rep: dict[str, Any], plots: dict[str, str] | None = None) ->
         lines.append("| " + " | ".join(head) + " |")
         lines.append("|---" * len(head) + "|")
         for v in variants:
-            if v["label"] not in beyond:
+            if v["key"] not in beyond:
                 continue
-            cell = beyond[v["label"]]
+            cell = beyond[v["key"]]
             row = [v["backbone"]] * multi_bb + [v["label"]]
             for g in bgroups:
                 for m in BEYOND:
@@ -585,7 +592,7 @@ def report_markdown(rep: dict[str, Any], plots: dict[str, str] | None = None) ->
         for s, e, b, t, r in zip(v["seeds"], v["epochs"], v["best_epoch"], v["train_seconds"],
                                  v["runs"]):
             mins = "-" if t is None else f"{t / 60:.1f} min"
-            lines.append(f"| {v['label']} | {s} | {e} ({b}) | {mins} | `{r}` |")
+            lines.append(f"| {v['key']} | {s} | {e} ({b}) | {mins} | `{r}` |")
     if plots:
         lines += ["", "## Plots", ""] + [f"![{k}]({v})" for k, v in plots.items()]
     return "\n".join(lines) + "\n"
@@ -595,12 +602,12 @@ def report_rows(rep: dict[str, Any]) -> list[dict[str, Any]]:
     """The report as flat rows (one per protocol, variant, group and metric) for CSV."""
     rows = []
     for p, res in rep["protocols"].items():
-        tests = {(t["variant"], t["group"], t["metric"]): t for t in res["tests"]}
+        tests = {(t["key"], t["group"], t["metric"]): t for t in res["tests"]}
         for v in rep["variants"]:
-            cell = res["table"][v["label"]]
+            cell = res["table"][v["key"]]
             for g in GROUPS:
                 for m in rep["metrics"]:
-                    t = tests.get((v["label"], g, m), {})
+                    t = tests.get((v["key"], g, m), {})
                     rows.append({"protocol": p, "backbone": v["backbone"], "model": v["label"],
                                  "group": g, "count": rep["counts"][g], "metric": m,
                                  "mean": cell[g][m]["mean"], "std": cell[g][m]["std"],
@@ -617,9 +624,9 @@ def report_rows(rep: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def _names(rep: dict[str, Any]) -> list[tuple[str, str]]:
-    multi = len({v["backbone"] for v in rep["variants"]}) > 1
-    return [(v["label"], f"{v['backbone']} {v['label']}" if multi else v["label"])
-            for v in rep["variants"]]
+    """(table key, name shown) per variant: the key names the backbone when there are
+    several."""
+    return [(v["key"], v["key"]) for v in rep["variants"]]
 
 
 def report_group_bars(rep: dict[str, Any], path: Path, metric: str = "HR@10") -> Path:
@@ -706,7 +713,7 @@ def item_embedding_tsne(rep: dict[str, Any], path: Path, *, max_items: int = 300
                disable=None if progress is None else not progress, leave=False,
                mininterval=0)      # each map takes seconds: show every one as it ends
     for ax, v in zip(axes.flat, variants):
-        bar.set_postfix_str(names[v["label"]], refresh=True)
+        bar.set_postfix_str(names[v["key"]], refresh=True)
         model, _ = load_run(v["runs"][0])
         with torch.no_grad():
             emb = model.item_embeddings(torch.from_numpy(ids)).float().numpy()
@@ -715,7 +722,7 @@ def item_embedding_tsne(rep: dict[str, Any], path: Path, *, max_items: int = 300
         order = np.argsort(pop[ids - 1])        # popular items drawn last, on top
         sc = ax.scatter(xy[order, 0], xy[order, 1], c=np.log10(pop[ids - 1][order]), s=3,
                         cmap="viridis")
-        ax.set_title(names[v["label"]])
+        ax.set_title(names[v["key"]])
         ax.set_xticks([])
         ax.set_yticks([])
         bar.update()
