@@ -388,7 +388,7 @@ def _listable(scores: torch.Tensor) -> torch.Tensor:
 
 
 def _merge_block(best: tuple[torch.Tensor, torch.Tensor] | None, scores: torch.Tensor,
-                 start: int, k: int, work: torch.Tensor | None
+                 start: int, k: int, work: torch.Tensor
                  ) -> tuple[torch.Tensor, torch.Tensor]:
     """The running top-k (values, ids) after the block of items ``start..``, whose scores
     hold NaN where an item is not to be listed (NaN scores and excluded items); the block may
@@ -407,8 +407,7 @@ def _merge_block(best: tuple[torch.Tensor, torch.Tensor] | None, scores: torch.T
         return _merge_top(best, _block_top(_listable(scores), start, k), k)
     values, ids = best
     kth = values[:, k - 1:k]
-    hit = torch.gt(scores, kth).float() if work is None else \
-        torch.gt(scores, kth, out=work[:scores.numel()].view(scores.shape))
+    hit = torch.gt(scores, kth, out=work[:scores.numel()].view(scores.shape))
     counts = _chunk_counts(hit)
     dense = kth[:, 0] == float("-inf")      # every admissible item of these rows competes
     many = counts.sum() > 4 * k * len(scores)
@@ -474,8 +473,8 @@ def _merge_hits(values: torch.Tensor, ids: torch.Tensor, scores: torch.Tensor,
     item = torch.cat([ids[rows].reshape(-1), c + start])
     order = vals.sort(descending=True, stable=True).indices
     order = order[row_of[order].sort(stable=True).indices]
-    first = torch.cumsum(torch.bincount(row_of, minlength=m), 0) - \
-        torch.bincount(row_of, minlength=m)
+    per_row = torch.bincount(row_of, minlength=m)
+    first = torch.cumsum(per_row, 0) - per_row
     keep = order[torch.arange(len(order), device=r.device) - first[row_of[order]] < k]
     values[rows] = vals[keep].view(m, k)
     ids[rows] = item[keep].view(m, k)
@@ -497,8 +496,8 @@ def _count(op, scores: torch.Tensor, edge: torch.Tensor,
 
 def _sweep(states: torch.Tensor, tgt: torch.Tensor, tgt_order: torch.Tensor,
            tgt_bounds: list[int], blocks: _ItemBlocks, ex: _Exclusions | None,
-           pos: torch.Tensor | None, ties: str, topk: int, buf: torch.Tensor | None = None,
-           work: torch.Tensor | None = None):
+           pos: torch.Tensor | None, ties: str, topk: int, buf: torch.Tensor | None,
+           work: torch.Tensor):
     """One pass of a tile of users over the item blocks.
 
     Counts, per row, the admissible others below (``lt``) and above (``gt``) the target's
@@ -551,8 +550,7 @@ def _sweep(states: torch.Tensor, tgt: torch.Tensor, tgt_order: torch.Tensor,
 
 def _rank_tile(states: torch.Tensor, targets: np.ndarray, start: int, stop: int,
                exclude: Sequence[np.ndarray] | None, blocks: _ItemBlocks, num_items: int,
-               ties: str, topk: int, buf: torch.Tensor | None = None,
-               work: torch.Tensor | None = None
+               ties: str, topk: int, buf: torch.Tensor | None, work: torch.Tensor
                ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Ranks (and top-k ids) of cases ``start..stop``, whose states are ``states``."""
     device = states.device

@@ -623,25 +623,19 @@ def report_rows(rep: dict[str, Any]) -> list[dict[str, Any]]:
     return rows
 
 
-def _names(rep: dict[str, Any]) -> list[tuple[str, str]]:
-    """(table key, name shown) per variant: the key names the backbone when there are
-    several."""
-    return [(v["key"], v["key"]) for v in rep["variants"]]
-
-
 def report_group_bars(rep: dict[str, Any], path: Path, metric: str = "HR@10") -> Path:
     """Per-group bars (mean over seeds, std as error bars), one panel per protocol."""
     plt = _pyplot()
     protocols = list(rep["protocols"])
-    names = _names(rep)
+    keys = [v["key"] for v in rep["variants"]]      # names the backbone when there are several
     fig, axes = plt.subplots(1, len(protocols), figsize=(6 * len(protocols), 4), squeeze=False)
-    width = 0.8 / len(names)
+    width = 0.8 / len(keys)
     for ax, p in zip(axes[0], protocols):
         table = rep["protocols"][p]["table"]
-        for j, (label, shown) in enumerate(names):
-            stats = [table[label][g][metric] for g in GROUPS]
-            xs = [i + (j - (len(names) - 1) / 2) * width for i in range(len(GROUPS))]
-            ax.bar(xs, [s["mean"] for s in stats], width=width, label=shown,
+        for j, key in enumerate(keys):
+            stats = [table[key][g][metric] for g in GROUPS]
+            xs = [i + (j - (len(keys) - 1) / 2) * width for i in range(len(GROUPS))]
+            ax.bar(xs, [s["mean"] for s in stats], width=width, label=key,
                    yerr=[s["std"] or 0.0 for s in stats], capsize=2)
         ax.set_xticks(range(len(GROUPS)), [GROUP_TITLES[g] for g in GROUPS])
         ax.set_title("full ranking" if p == "full" else f"{p} (100 negatives)")
@@ -664,9 +658,9 @@ def report_bucket_curves(rep: dict[str, Any], path: Path, metric: str = "HR@10")
         for ax, kind, title in ((row[0], "user_buckets", "history length"),
                                 (row[1], "item_buckets", "target item popularity")):
             counts = rep[f"{kind[:-8]}_bucket_counts"]
-            for label, shown in _names(rep):
-                vals = [np.nan if x is None else x for x in table[label][kind][metric]]
-                ax.plot(range(5), vals, marker="o", label=shown)
+            for v in rep["variants"]:
+                vals = [np.nan if x is None else x for x in table[v["key"]][kind][metric]]
+                ax.plot(range(5), vals, marker="o", label=v["key"])
             ax.set_xticks(range(5), [f"{b}\n({n:,})" for b, n in zip(rep[kind], counts)],
                           fontsize=8)
             ax.set_xlabel(title)
@@ -707,13 +701,12 @@ def item_embedding_tsne(rep: dict[str, Any], path: Path, *, max_items: int = 300
     cols = min(3, len(variants))
     rows = -(-len(variants) // cols)
     fig, axes = plt.subplots(rows, cols, figsize=(4.6 * cols, 4.2 * rows), squeeze=False)
-    names = dict(_names(rep))
     sc = None
     bar = tqdm(total=len(variants), desc=f"t-SNE ({len(ids):,} items)", unit="map",
                disable=None if progress is None else not progress, leave=False,
                mininterval=0)      # each map takes seconds: show every one as it ends
     for ax, v in zip(axes.flat, variants):
-        bar.set_postfix_str(names[v["key"]], refresh=True)
+        bar.set_postfix_str(v["key"], refresh=True)
         model, _ = load_run(v["runs"][0])
         with torch.no_grad():
             emb = model.item_embeddings(torch.from_numpy(ids)).float().numpy()
@@ -722,7 +715,7 @@ def item_embedding_tsne(rep: dict[str, Any], path: Path, *, max_items: int = 300
         order = np.argsort(pop[ids - 1])        # popular items drawn last, on top
         sc = ax.scatter(xy[order, 0], xy[order, 1], c=np.log10(pop[ids - 1][order]), s=3,
                         cmap="viridis")
-        ax.set_title(names[v["key"]])
+        ax.set_title(v["key"])
         ax.set_xticks([])
         ax.set_yticks([])
         bar.update()
