@@ -405,7 +405,9 @@ def train(data: Dataset | PathLike, *, out: PathLike, model: str | None = None,
         resume: continue an interrupted run; ``overwrite``: start ``out`` again.
         init_from: ``cities`` and ``melt``: a finished ``id`` run (a :class:`Run` or its
             directory) whose weights are the backbone, instead of training it
-            (``--init-from``).
+            (``--init-from``). ``llmesr``: a finished ``llminit`` or ``id`` run whose
+            weights start the collaborative tower (kept as they are with
+            ``freeze_co=True``).
         settings: any field of :class:`llmesr.models.config.ModelConfig` or
             :class:`llmesr.models.config.TrainConfig`, e.g. ``epochs=20, alpha=0,
             max_len=50, patience=5, seed=43``.

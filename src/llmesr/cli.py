@@ -182,6 +182,8 @@ def build_parser() -> argparse.ArgumentParser:
                "--out runs/cities\n"
                "  llmesr train data/beauty --model melt --init-from runs/id-sasrec "
                "--out runs/melt\n"
+               "  llmesr train data/beauty --model llmesr --init-from runs/llminit "
+               "--set freeze_co=true --out runs/llmesr-residual\n"
                "  llmesr train data/beauty --config tune-id/best.yaml --seed 43 --out runs/t43\n"
                "  llmesr train data/beauty --config runs/no-sd --set alpha=0.5 --out runs/a05\n"
                "\nrun.yaml:\n  model: {model: id, backbone: sasrec, loss: ce, dropout: 0.3}\n"
@@ -196,7 +198,9 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--resume", action="store_true", help="continue an interrupted run")
     tr.add_argument("--init-from", metavar="RUN",
                     help="--model cities or melt: take the backbone from this finished id "
-                         "run (same dataset and architecture) instead of training it")
+                         "run (same dataset and architecture) instead of training it; "
+                         "--model llmesr: start the collaborative tower from this finished "
+                         "llminit or id run (kept as it is with --set freeze_co=true)")
     tr.add_argument("--overwrite", action="store_true", help="start the run directory again")
     tr.add_argument("--quiet", action="store_true")
 

@@ -297,3 +297,102 @@ def test_pop_gate_new_items_count_zero():
     new = gated.append_items(torch.randn(2, 12), torch.randn(2, 8))
     assert len(gated.log_count) == gated.table_rows
     assert float(gated.log_count[list(new)].abs().sum()) == 0
+
+
+@pytest.mark.parametrize("a_co,a_se,weighted", [(1.0, 1.0, True), (0.0, 1.0, True),
+                                                 (0.5, 0.0, False), (0.0, 0.0, False)])
+@pytest.mark.parametrize("budget", [losses.CE_BLOCK_ELEMENTS, 64])   # fused, and the fallback
+def test_two_view_ce_equals_the_three_materialised_losses(a_co, a_se, weighted, budget):
+    g = torch.Generator().manual_seed(3)
+    n, n_items, h = 37, 50, 8
+    tensors = [torch.randn(n, h, generator=g, dtype=torch.float64),
+               torch.randn(n, h, generator=g, dtype=torch.float64),
+               torch.randn(n_items + 2, h, generator=g, dtype=torch.float64),
+               torch.randn(n_items + 2, h, generator=g, dtype=torch.float64),
+               torch.tensor(-0.7, dtype=torch.float64)]
+    target = torch.randint(1, n_items + 1, (n,), generator=g)
+
+    def reference(u_co, u_se, co, se, log_w):
+        lc, ls = u_co @ co[1:n_items + 1].T, u_se @ se[1:n_items + 1].T
+        joint = lc + (log_w.exp() if weighted else 1.0) * ls
+        return (F.cross_entropy(joint, target - 1) + a_co * F.cross_entropy(lc, target - 1)
+                + a_se * F.cross_entropy(ls, target - 1))
+
+    want_in = [t.clone().requires_grad_() for t in tensors]
+    want = reference(*want_in)
+    want.backward()
+    got_in = [t.float().requires_grad_() for t in tensors]
+    got = losses.two_view_ce(*got_in[:4], got_in[4] if weighted else None, target, n_items,
+                             a_co, a_se, budget=budget)
+    got.backward()
+    assert float(got) == pytest.approx(float(want), rel=1e-6)
+    for x, y in zip(got_in[:4], want_in[:4]):
+        torch.testing.assert_close(x.grad.double(), y.grad, rtol=1e-5, atol=1e-6)
+    if weighted:
+        assert float(got_in[4].grad) == pytest.approx(float(want_in[4].grad), rel=1e-5)
+    else:
+        assert got_in[4].grad is None
+    # the padding and mask rows are no candidates: no gradient there but as targets
+    assert float(got_in[2].grad[[0, n_items + 1]].abs().sum()) == 0
+
+
+def test_two_view_ce_skips_what_is_frozen_and_keeps_blocks_apart():
+    g = torch.Generator().manual_seed(4)
+    n, n_items, h = 20, 40, 8
+    u_co, co = torch.randn(n, h, generator=g), torch.randn(n_items + 2, h, generator=g)
+    u_se = torch.randn(n, h, generator=g, requires_grad=True)
+    se = torch.randn(n_items + 2, h, generator=g, requires_grad=True)
+    target = torch.randint(1, n_items + 1, (n,), generator=g)
+    # two losses in flight (two steps' graphs) each keep their own blocks
+    first = losses.two_view_ce(u_co, u_se, co, se, None, target, n_items, 0.0, 1.0)
+    second = losses.two_view_ce(u_co, u_se * 2, co, se, None, target, n_items, 0.0, 1.0)
+    second.backward()
+    g2 = u_se.grad.clone()
+    u_se.grad = None
+    first.backward()
+    ref = [t.detach().clone().requires_grad_() for t in (u_se, se)]
+    want = (F.cross_entropy(u_co @ co[1:-1].T + ref[0] @ ref[1][1:-1].T, target - 1)
+            + F.cross_entropy(ref[0] @ ref[1][1:-1].T, target - 1))
+    want.backward()
+    torch.testing.assert_close(u_se.grad, ref[0].grad, rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(g2, u_se.grad)
+    assert co.grad is None and u_co.grad is None
+
+
+def test_model_two_view_loss_equals_the_joint_and_each_views_own():
+    rng = np.random.default_rng(5)
+    n_items, h = 30, 8
+    llm = rng.normal(size=(n_items, 12)).astype(np.float32)
+    pca = rng.normal(size=(n_items, h)).astype(np.float32)
+    m = SequentialRecommender(ModelConfig(
+        model="llmesr", backbone="sasrec", hidden=h, layers=1, max_len=10, loss="ce",
+        use_cross_attention=False, share_encoder=False, view_aux_loss=0.5,
+        se_sum_weight=True), n_items, llm=llm, pca=pca)
+    with torch.no_grad():
+        m.se_log_weight.fill_(math.log(0.3))
+    u = torch.randn(6, 2 * h)
+    pos = torch.tensor([1, 2, 3, 30, 5, 6])
+    got = m.rec_loss_flat(u, pos, pos)
+    e = m.item_embeddings()[1:n_items + 1]
+    want = (F.cross_entropy(u @ e.T, pos - 1)
+            + 0.5 * F.cross_entropy(u[:, :h] @ m.co.all()[1:n_items + 1].T, pos - 1)
+            + 0.5 * F.cross_entropy(u[:, h:] @ m.se_rows()[1:n_items + 1].T, pos - 1))
+    assert float(got) == pytest.approx(float(want), rel=1e-5)
+
+
+@pytest.mark.parametrize("layers,activation", [(2, False), (2, True), (1, False)])
+def test_adapter_as_one_linear_map_is_the_two_layers(layers, activation):
+    from llmesr.models.views import SemanticView
+    rng = np.random.default_rng(6)
+    view = SemanticView(rng.normal(size=(20, 12)).astype(np.float32), 20, 8, layers,
+                        activation)
+    ids = torch.tensor([[0, 3, 5], [7, 20, 21]])
+    torch.testing.assert_close(view(ids), view.adapter(view.llm[ids]), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(view.all(), view.adapter(view.llm), rtol=1e-5, atol=1e-6)
+    # and the same gradients for the adapter's weights
+    view.all().square().sum().backward()
+    got = [p.grad.clone() for p in view.adapter.parameters()]
+    view.zero_grad()
+    view.adapter(view.llm).square().sum().backward()
+    for a, b in zip(got, view.adapter.parameters()):
+        torch.testing.assert_close(a, b.grad, rtol=1e-4, atol=1e-5)

@@ -391,3 +391,43 @@ def test_melt_replaces_only_tail_rows_and_the_switch_turns_it_off(beauty_subset,
     split = split_head_tail(v.train_len, counts, 0.8)
     assert changed[True] <= set(split.tail_items.tolist())
     assert not changed[True] & set(split.head_items.tolist())
+
+
+def test_llmesr_frozen_co_tower_starts_from_an_llminit_run_and_stays_it(beauty_subset,
+                                                                        tmp_path):
+    from safetensors.torch import load_file
+    _train(beauty_subset, tmp_path / "init", "llminit", epochs=1).fit()
+    mcfg, tcfg = build_configs("default", "sasrec", "llmesr", {
+        "epochs": "2", "max_len": "30", "freeze_co": "true", "se_sum_weight": "true"})
+    res = Trainer(beauty_subset, mcfg, tcfg, tmp_path / "res", progress=False,
+                  log=lambda *a: None, init_from=tmp_path / "init").fit()
+    assert res["epochs"] == 2
+    init = load_file(str(tmp_path / "init" / "model.safetensors"))
+    new = load_file(str(tmp_path / "res" / "model.safetensors"))
+    # the collaborative tower is the llminit run's, bit for bit; the semantic one trained
+    assert init.keys() < new.keys()
+    assert all(torch.equal(init[k], new[k]) for k in init)
+    assert float(new["se_log_weight"]) != 0.0
+    # so the co half of the user state is the llminit model's state, in training mode too
+    a, _ = load_run(tmp_path / "init")
+    b, _ = load_run(tmp_path / "res")
+    seq = torch.tensor([[0, 0, 3, 7, 9], [2, 4, 6, 8, 10]])
+    pos = torch.tensor([[0, 0, 1, 2, 3], [1, 2, 3, 4, 5]])
+    a.eval()
+    b.train()
+    with torch.no_grad():
+        want = a.user_state(seq, pos)
+        got = b.user_state(seq, pos)[:, :b.cfg.hidden]
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    assert all(not p.requires_grad for mod in b.frozen_co_modules() for p in mod.parameters())
+    assert any(p.requires_grad for p in b.se.parameters())
+    # freezing needs a start, and the towers apart
+    with pytest.raises(LlmesrError, match="--init-from"):
+        _train(beauty_subset, tmp_path / "r2", "llmesr", freeze_co="true").fit()
+    with pytest.raises(LlmesrError, match="share_encoder=false"):
+        build_configs("default", "sasrec", "llmesr", {"freeze_co": "true",
+                                                      "share_encoder": "true"})
+    mcfg, tcfg = build_configs("default", "sasrec", "llmesr", {"max_len": "30"})
+    with pytest.raises(LlmesrError, match="an llminit or id run"):
+        Trainer(beauty_subset, mcfg, tcfg, tmp_path / "r3", progress=False,
+                log=lambda *a: None, init_from=tmp_path / "res").fit()

@@ -98,6 +98,12 @@ class ModelConfig:
     #: semantic tower can be scaled for its own loss and weighted for the sum apart (not in
     #: the paper). False = off
     se_sum_weight: bool = False
+    #: the collaborative tower frozen (not in the paper): the ID table, its encoder and the
+    #: positions keep the values they start from (``train --init-from`` a finished llminit or
+    #: id run), so only the semantic tower (and w) trains, on what the frozen score leaves:
+    #: the joint score is the other run's plus a learnt semantic term. Needs the two views
+    #: in their own encoders without cross-attention. False = off
+    freeze_co: bool = False
     #: rlmrec: weight λ of the profile-alignment loss and its temperature τ (the official
     #: configs' ranges: λ 1e-3..1e-1, τ 0.1..1; LightGCN on Amazon/Yelp: 0.01 and 0.2)
     rlmrec_weight: float = 0.01
@@ -182,6 +188,11 @@ class ModelConfig:
                                 or self.co_init != "pca"):
             raise LlmesrError("co_dropout replaces collaborative rows by their PCA "
                               "initialisation: it needs model llminit or llmesr with co_init=pca")
+        if self.freeze_co and self.model == "llmesr" and not (
+                self.dual and not self.share_encoder and not self.use_cross_attention):
+            raise LlmesrError("freeze_co freezes the collaborative tower: it needs both views "
+                              "(use_co_view, use_se_view), share_encoder=false and "
+                              "use_cross_attention=false")
         if self.hidden % self.heads:
             raise LlmesrError("hidden must be divisible by heads")
         if self.loss == "gbce" and self.negative_sampler == "in_batch":
@@ -199,7 +210,8 @@ class ModelConfig:
 _DUAL_ONLY = ("use_co_view", "use_se_view", "use_cross_attention", "share_encoder",
               "adapter_layers", "adapter_activation", "co_init", "freeze_semantic",
               "cross_attention_residual", "causal_cross_attention", "alpha", "sd_teachers",
-              "teacher_dropout", "teacher_cache", "view_aux_loss", "se_pop_gate", "se_sum_weight", "item_reg",
+              "teacher_dropout", "teacher_cache", "view_aux_loss", "se_pop_gate", "se_sum_weight", "freeze_co",
+              "item_reg",
               "beta")
 _RLMREC_ONLY = ("rlmrec_weight", "rlmrec_tau")
 _CITIES_ONLY = ("cities_head_count", "cities_max_shots", "cities_epochs", "cities_patience",
@@ -294,6 +306,7 @@ MODEL_FIELDS: dict[str, Setting] = {
     "view_aux_loss": Float(0),
     "se_pop_gate": Bool(),
     "se_sum_weight": Bool(),
+    "freeze_co": Bool(),
     "item_reg": Bool(),
     "rlmrec_weight": Float(0),
     "rlmrec_tau": Float(0, low_open=True),

@@ -226,10 +226,120 @@ def full_softmax_ce(u: torch.Tensor, table: torch.Tensor, target: torch.Tensor,
     return _FullSoftmaxCE.apply(u, table, target, num_items, budget)
 
 
+class _TwoViewCE(torch.autograd.Function):
+    """LLM-ESR's full-softmax losses of one step, fused (:func:`two_view_ce`).
+
+    With ``Lc = u_co E_co^T`` and ``Ls = u_se E_se^T`` (n, N), the joint logits are
+    ``Lc + w Ls`` (the concatenated score, ``w`` = 1 without ``se_sum_weight``). So the
+    three softmaxes need two (n, H) x (H, N) products, not the joint's (n, 2H) x (2H, N) and
+    one per view, and the backward pass two per view: the losses' gradients with respect to
+    Lc and Ls are ``P - Y + a_co (P_co - Y)`` and ``w (P - Y) + a_se (P_se - Y)`` (P the
+    joint softmax, Y the targets), formed in the forward pass in the two blocks that held
+    the logits. A third block holds the joint softmax meanwhile. Only float32 operands whose
+    (n, N) block fits the budget come here; :func:`two_view_ce` computes the others as
+    three :func:`full_softmax_ce`.
+    """
+
+    @staticmethod
+    def forward(ctx, u_co, u_se, co_table, se_table, log_w, target, num_items, a_co, a_se):
+        n, big = len(u_co), num_items
+        ec, es = co_table[1:big + 1], se_table[1:big + 1]
+        w = float(log_w.exp()) if log_w is not None else 1.0
+        dev = u_co.device
+        lc, ls, pj = (_WORKSPACES.take(n * big, dev, CE_BLOCK_ELEMENTS).view(n, big)
+                      for _ in range(3))
+        torch.mm(u_co, ec.T, out=lc)
+        torch.mm(u_se, es.T, out=ls)
+        torch.add(lc, ls, alpha=w, out=pj)
+        top = pj.amax(dim=1)
+        pj.sub_(top[:, None]).exp_()
+        sj = pj.sum(dim=1)
+        lse_j = top + sj.log()
+        # Σ_j P_ij Ls_ij, for w's gradient (one dot product a row, no (n, N) temporary)
+        p_ls = (torch.bmm(pj[:, None, :], ls[:, :, None]).view(n) / sj
+                if log_w is not None and log_w.requires_grad else None)
+        lc_t = (u_co * co_table[target]).sum(-1)
+        ls_t = (u_se * se_table[target]).sum(-1)
+        loss = (lse_j - lc_t - w * ls_t).mean()
+        inv_j = sj.reciprocal()[:, None]
+        # the se block: its softmax, then w P + a_se P_se in place
+        top = ls.amax(dim=1)
+        ls.sub_(top[:, None]).exp_()
+        ss = ls.sum(dim=1)
+        if a_se:
+            loss = loss + a_se * (top + ss.log() - ls_t).mean()
+        ls.mul_(a_se * ss.reciprocal()[:, None]).addcmul_(pj, inv_j, value=w)
+        # the co block: P + a_co P_co in place
+        if a_co:
+            top = lc.amax(dim=1)
+            lc.sub_(top[:, None]).exp_()
+            sc = lc.sum(dim=1)
+            loss = loss + a_co * (top + sc.log() - lc_t).mean()
+            lc.mul_(a_co * sc.reciprocal()[:, None]).addcmul_(pj, inv_j)
+        else:
+            torch.mul(pj, inv_j, out=lc)
+        _WORKSPACES.give(pj)
+        ctx.save_for_backward(u_co, u_se, co_table, se_table, target,
+                              ls_t if p_ls is not None else None)
+        ctx.blocks, ctx.p_ls = (lc, ls), p_ls
+        ctx.w, ctx.a_co, ctx.a_se, ctx.num_items = w, a_co, a_se, num_items
+        return loss
+
+    @staticmethod
+    def backward(ctx, grad):
+        u_co, u_se, co_table, se_table, target, ls_t = ctx.saved_tensors
+        gc, gs = ctx.blocks
+        ctx.blocks = None
+        big, n, w = ctx.num_items, len(u_co), ctx.w
+        g = grad.float() / n
+        need = ctx.needs_input_grad
+        out = [None] * 9
+        for i, (u, table, block, k) in enumerate(
+                ((u_co, co_table, gc, 1.0 + ctx.a_co), (u_se, se_table, gs, w + ctx.a_se))):
+            # block = dL/dlogits + k Y: the targets' one-hot terms are added by index
+            if need[i]:
+                out[i] = torch.mm(block, table[1:big + 1]).sub_(k * table[target]).mul_(g)
+            if need[2 + i]:
+                grad_table = torch.zeros(table.shape, dtype=torch.float32, device=u.device)
+                torch.mm(block.T, u, out=grad_table[1:big + 1])
+                grad_table.index_add_(0, target, u, alpha=-k)
+                out[2 + i] = grad_table.mul_(g)
+            _WORKSPACES.give(block)
+        if need[4] and ctx.p_ls is not None:
+            # d/dlog w of the joint loss: w · mean_i (Σ_j P_ij Ls_ij - Ls_i,target)
+            out[4] = (g * n * w * (ctx.p_ls - ls_t).mean()).reshape(())
+        ctx.p_ls = None
+        return tuple(out)
+
+
+def two_view_ce(u_co: torch.Tensor, u_se: torch.Tensor, co_table: torch.Tensor,
+                se_table: torch.Tensor, log_w: torch.Tensor | None, target: torch.Tensor,
+                num_items: int, a_co: float, a_se: float,
+                budget: int = CE_BLOCK_ELEMENTS) -> torch.Tensor:
+    """LLM-ESR's full-softmax losses: the joint score's, ``CE([u_co; u_se] · [E_co;
+    w E_se])``, plus ``a_co CE(u_co · E_co) + a_se CE(u_se · E_se)`` (each view's own,
+    ``view_aux_loss``); ``w = exp(log_w)`` (``se_sum_weight``), 1 for None. The same value
+    and gradients as the three :func:`full_softmax_ce`, up to float rounding, with about
+    half their matrix products (:class:`_TwoViewCE`)."""
+    fused = (u_co.dtype == u_se.dtype == co_table.dtype == se_table.dtype == torch.float32
+             and len(u_co) * num_items <= budget and len(u_co) > 0)
+    if fused:
+        return _TwoViewCE.apply(u_co, u_se, co_table, se_table, log_w, target, num_items,
+                                float(a_co), float(a_se))
+    se_w = se_table if log_w is None else se_table * log_w.exp()
+    loss = full_softmax_ce(torch.cat([u_co, u_se], 1), torch.cat([co_table, se_w], 1), target,
+                           num_items, budget)
+    if a_co:
+        loss = loss + a_co * full_softmax_ce(u_co, co_table, target, num_items, budget)
+    if a_se:
+        loss = loss + a_se * full_softmax_ce(u_se, se_table, target, num_items, budget)
+    return loss
+
+
 def log_expected_counts(q: torch.Tensor, ids: torch.Tensor, m: int) -> torch.Tensor:
     """log(M · Q(ids)) for a sampling distribution ``q`` over table rows."""
     return torch.log(q[ids] * m)
 
 
 __all__ = ["LOSSES", "SAMPLERS", "CE_BLOCK_ELEMENTS", "bce", "gbce", "gbce_beta",
-           "sampled_softmax", "full_softmax_ce", "log_expected_counts"]
+           "sampled_softmax", "full_softmax_ce", "two_view_ce", "log_expected_counts"]

@@ -99,6 +99,23 @@ class SequentialRecommender(nn.Module):
             # MELT's stage 1 is that id run
             with torch.random.fork_rng(devices=[]):
                 self.melt = MeltHeads(h)
+        if cfg.dual and cfg.freeze_co:
+            for m in self.frozen_co_modules():
+                m.requires_grad_(False)
+
+    def train(self, mode: bool = True) -> "SequentialRecommender":
+        super().train(mode)
+        if self.cfg.dual and self.cfg.freeze_co:
+            # a frozen tower gives the state it gives in evaluation (no dropout), so the
+            # semantic tower learns the residual of the score that is served
+            self.co.eval()
+            self.encoder.eval()
+        return self
+
+    def frozen_co_modules(self) -> list[nn.Module]:
+        """freeze_co: the collaborative tower's modules (ID table, its encoder, positions)."""
+        return [m for m in (self.co, self.encoder, getattr(self, "pos_emb", None))
+                if m is not None]
 
     def _backbone(self) -> nn.Module:
         c = self.cfg
@@ -128,7 +145,10 @@ class SequentialRecommender(nn.Module):
         x = view(seq)
         if self.is_gru:  # the paper's GRU4Rec: no scaling, positions or dropout (§4.2)
             return x
-        return self.emb_dropout(x * math.sqrt(self.cfg.hidden) + self.pos_emb(pos))
+        x = x * math.sqrt(self.cfg.hidden) + self.pos_emb(pos)
+        if view is self.co and self.cfg.freeze_co and self.cfg.dual:
+            return x                     # the frozen tower: as in evaluation
+        return self.emb_dropout(x)
 
     def _encode(self, encoder: nn.Module, x: torch.Tensor, mask: torch.Tensor,
                 last_only: bool = False) -> torch.Tensor:
@@ -310,15 +330,24 @@ class SequentialRecommender(nn.Module):
         """
         if len(u) == 0:
             return u.sum() * 0.0
-        loss = self._objective(u, self.item_embeddings, pos_ids, neg_ids)
         w = self.cfg.view_aux_loss
+        if self.cfg.dual and self.cfg.loss == "ce":
+            # the joint softmax and each view's own (view_aux_loss) in one pass, with each
+            # view's logits computed once (a frozen collaborative tower has no loss of its own)
+            h = self.cfg.hidden
+            return losses.two_view_ce(u[:, :h], u[:, h:], self.co.all(), self.se_rows(),
+                                      self.se_log_weight, pos_ids, self.num_items,
+                                      0.0 if self.cfg.freeze_co else w, w)
+        loss = self._objective(u, self.item_embeddings, pos_ids, neg_ids)
         if w and self.cfg.dual:
             # each view's own loss: its half of the state against its own item rows, so each
-            # part is a recommender by itself, not only a correction of the other
+            # part is a recommender by itself, not only a correction of the other (a frozen
+            # collaborative tower has nothing to learn from its own)
             h = self.cfg.hidden
-            loss = loss + w * (self._objective(u[:, :h], self._view_rows(self.co), pos_ids,
-                                               neg_ids)
-                               + self._objective(u[:, h:], self.se_rows, pos_ids, neg_ids))
+            own = [] if self.cfg.freeze_co else [
+                self._objective(u[:, :h], self._view_rows(self.co), pos_ids, neg_ids)]
+            own.append(self._objective(u[:, h:], self.se_rows, pos_ids, neg_ids))
+            loss = loss + w * sum(own[1:], own[0])
         return loss
 
     @staticmethod

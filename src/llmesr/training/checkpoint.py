@@ -217,8 +217,9 @@ def save_weights(module: torch.nn.Module, path: Path) -> None:
 
 def load_weights(module: torch.nn.Module, path: Path, allow_missing: tuple[str, ...] = ()
                  ) -> None:
-    """Load ``path`` into ``module``; every tensor must fit, except that parameters whose
-    names start with one of ``allow_missing`` (e.g. a stage's new heads) may be absent."""
+    """Load ``path`` into ``module``; every tensor must fit, except that parameters named
+    one of ``allow_missing``, or under one of them (e.g. a stage's new heads), may be
+    absent."""
     try:
         state = load_file(str(path))
     except (SafetensorError, OSError, ValueError) as e:
@@ -231,7 +232,8 @@ def load_weights(module: torch.nn.Module, path: Path, allow_missing: tuple[str, 
                      str(e).splitlines()[0] if str(e) else "")
         raise LlmesrError(f"weights {path} do not fit the model its config.json describes "
                           f"({first}); the run's files are from different runs") from None
-    missing = [k for k in missing if not k.startswith(tuple(f"{p}." for p in allow_missing))]
+    missing = [k for k in missing
+               if k not in allow_missing and not k.startswith(tuple(f"{p}." for p in allow_missing))]
     if missing or unexpected:
         raise LlmesrError(f"weights {path} do not fit this model (missing {missing[:3]}, "
                           f"unexpected {unexpected[:3]}); was it trained with another config?")

@@ -234,11 +234,15 @@ class Trainer:
         #: to stop training (llmesr tune prunes trials this way)
         self.on_epoch = on_epoch
         #: cities, melt: a finished id run whose weights are the pretrained backbone (no
-        #: stage 1)
+        #: stage 1); llmesr: a finished llminit or id run whose weights start the
+        #: collaborative tower (kept there with freeze_co), before its own training
         self.init_from = Path(init_from) if init_from else None
-        if self.init_from is not None and mcfg.model not in ("cities", "melt"):
-            raise LlmesrError("--init-from reuses a trained backbone for --model cities or "
-                              f"melt; model {mcfg.model} trains its own")
+        if self.init_from is not None and mcfg.model not in ("cities", "melt", "llmesr"):
+            raise LlmesrError("--init-from reuses a trained backbone for --model cities, melt "
+                              f"or llmesr; model {mcfg.model} trains its own")
+        if self.init_from is not None and mcfg.model == "llmesr" and not mcfg.dual:
+            raise LlmesrError("--init-from starts LLM-ESR's collaborative tower: it needs "
+                              "both views (use_co_view, use_se_view)")
         if mcfg.model == "melt" and self.world > 1 and not evaluate_only:
             raise LlmesrError("--model melt does not train under torchrun yet (its branches "
                               "sample head users and items per step): run it in one process")
@@ -264,6 +268,10 @@ class Trainer:
             log(f"{self.run_dir} holds a run that stopped before its first epoch ended; "
                 "starting it again")
         self.resume = resume and progress_ == "checkpoint"
+        if (mcfg.model == "llmesr" and mcfg.freeze_co and self.init_from is None
+                and not self.resume and not evaluate_only):
+            raise LlmesrError("freeze_co keeps the collaborative tower as it starts: pass "
+                              "--init-from a finished llminit (or id) run to start it from")
         # start afresh (fit clears what an earlier run wrote): a failure before the first
         # checkpoint then leaves the folder as this process found it
         self._fresh = not evaluate_only and not self.resume and (
@@ -647,7 +655,8 @@ class Trainer:
         if self.init_from is not None and not self.resume:
             self._take_backbone(self.init_from)
             state["from_run"] = str(self.init_from)
-        if self.init_from is None and state.get("stage", 1) == 1:
+        if (self.init_from is None or self.mcfg.model == "llmesr") and \
+                state.get("stage", 1) == 1:
             self._run_epochs(state, writer, self.tcfg.epochs, self.tcfg.patience)
         if self.mcfg.model == "melt":
             self._melt_stage(state, writer)
@@ -898,9 +907,11 @@ class Trainer:
                               ) from None
         except (OSError, ValueError, KeyError, TypeError) as e:
             raise LlmesrError(f"--init-from {run}: cannot read config.json ({e})") from None
-        if omcfg.model not in ("id", self.mcfg.model):
+        llmesr = self.mcfg.model == "llmesr"
+        if omcfg.model not in (("id", "llminit") if llmesr else ("id", self.mcfg.model)):
             raise LlmesrError(f"--init-from {run}: a {omcfg.model} run; {self.mcfg.model} "
-                              "starts from a plain backbone (model id)")
+                              "starts from " + ("an llminit or id run" if llmesr else
+                                                "a plain backbone (model id)"))
         same = ("backbone", "hidden", "layers", "heads", "max_len", "causal",
                 "mask_padded_keys", "gru_mask_padding")
         diff = [k for k in same if getattr(omcfg, k) != getattr(self.mcfg, k)]
@@ -913,9 +924,12 @@ class Trainer:
                               "checksum differs)")
         if not (run / "model.safetensors").is_file():
             raise LlmesrError(f"--init-from {run}: no trained weights (model.safetensors)")
-        # an id run has the backbone only: MELT's heads keep their initial weights
-        load_weights(self.model, run / "model.safetensors",
-                     allow_missing=("melt",) if self.mcfg.model == "melt" else ())
+        # an id run has the backbone only: MELT's heads keep their initial weights, and
+        # LLM-ESR's semantic tower its own
+        missing = {"melt": ("melt",),
+                   "llmesr": ("se", "encoder_se", "se_log_weight", "pop_gate", "log_count")
+                   }.get(self.mcfg.model, ())
+        load_weights(self.model, run / "model.safetensors", allow_missing=missing)
         if self.rank == 0:
             save_weights(self.model, self.run_dir / "model.safetensors")
         ddp.barrier()
