@@ -249,6 +249,9 @@ def test_se_sum_weight_trains_and_reloads(beauty_subset, tmp_path):
     model, _ = load_run(tmp_path / "run")
     w = float(model.se_log_weight)
     assert w != 0.0 and w == float(tr.model.se_log_weight)
+    # on in the default preset (it won on validation), off in the paper's
+    assert build_configs("default", "sasrec", "llmesr")[0].se_sum_weight
+    assert not build_configs("paper", "sasrec", "llmesr")[0].se_sum_weight
 
 
 def test_cities_stage_reruns_alone_after_a_kill_and_reuses_an_id_run(beauty_subset, tmp_path):
