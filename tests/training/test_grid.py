@@ -253,3 +253,18 @@ def test_another_models_switches_make_no_variant(grid, tmp_path):
     cfg["configs"]["model"]["dropout"] = 0.1          # a setting id has: another variant
     (dst / "config.json").write_text(json.dumps(cfg))
     assert len(group_variants([load_run_result(src), load_run_result(dst)])) == 2
+
+
+def test_every_packaged_configuration_loads_and_is_the_model_its_name_says():
+    from importlib import resources
+
+    from llmesr.models.config import build_configs
+    root = resources.files("llmesr") / "configs"
+    files = sorted(p for d in root.iterdir() if d.is_dir() for p in d.iterdir()
+                   if p.name.endswith(".yaml"))
+    assert {p.name for p in files} >= {"id-sasrec.yaml", "llminit-sasrec.yaml"}
+    for path in files:
+        model, backbone = path.name[:-len(".yaml")].split("-")
+        mcfg, tcfg = build_configs(config=str(path))
+        assert (mcfg.model, mcfg.backbone) == (model, backbone), path
+        assert tcfg.exclude_seen == "auto", path    # how runs are evaluated, not tuned
