@@ -62,8 +62,20 @@ def test_scores_match_the_trainers_full_ranking(rec, ds, trained_run):
     saved = np.load(trained_run / "ranks_test_full.npy")[:200]
     # the run ranked without the history (exclude_seen=auto: beauty has no repeats)
     assert json.loads((trained_run / "metrics.json").read_text())["evaluation"]["exclude_seen"]
-    np.testing.assert_array_equal(rec.ranks(histories, targets, exclude_seen=True), saved)
-    assert np.all(rec.ranks(histories, targets) >= saved)
+    served = rec.ranks(histories, targets, exclude_seen=True)
+    # equal, but where the served scores put another item within float rounding of the
+    # target (the products run over other batches, so a near-tie may fall either way)
+    off = np.flatnonzero(served != saved)
+    assert len(off) <= 2, (off, served[off], saved[off])
+    for i in off:
+        mapped = rec._map(histories[i])[0]
+        with torch.no_grad():
+            s = rec._score_rows([mapped])[0].double()
+        j = rec.model_id(targets[i])
+        near = (s - s[j]).abs() <= 1e-5 * max(1.0, float(s[j].abs()))
+        near[[k for k in mapped if k != j] + [j]] = False
+        assert abs(int(served[i]) - int(saved[i])) <= int(near.sum()), i
+    assert np.all(rec.ranks(histories, targets) >= served)
 
 
 def test_unknown_ids_are_reported_and_skipped(rec, ds):
