@@ -204,15 +204,19 @@ class ModelConfig:
     def dual(self) -> bool:
         return self.model == "llmesr" and self.use_co_view and self.use_se_view
 
+    @property
+    def co_frozen(self) -> bool:
+        """freeze_co in effect (LLM-ESR with both views; inert for the other models)."""
+        return self.dual and self.freeze_co
+
 
 #: settings that change nothing for some models (the dual view's, the self-distillation's,
 #: RLMRec's): runs that differ only in these are the same model (llmesr report)
 _DUAL_ONLY = ("use_co_view", "use_se_view", "use_cross_attention", "share_encoder",
               "adapter_layers", "adapter_activation", "co_init", "freeze_semantic",
               "cross_attention_residual", "causal_cross_attention", "alpha", "sd_teachers",
-              "teacher_dropout", "teacher_cache", "view_aux_loss", "se_pop_gate", "se_sum_weight", "freeze_co",
-              "item_reg",
-              "beta")
+              "teacher_dropout", "teacher_cache", "view_aux_loss", "se_pop_gate",
+              "se_sum_weight", "freeze_co", "item_reg", "beta")
 _RLMREC_ONLY = ("rlmrec_weight", "rlmrec_tau")
 _CITIES_ONLY = ("cities_head_count", "cities_max_shots", "cities_epochs", "cities_patience",
                 "cities_lr", "cities_pe_fix", "cities_restore_best", "cities_match_norm")

@@ -262,22 +262,17 @@ class _TwoViewCE(torch.autograd.Function):
         ls_t = (u_se * se_table[target]).sum(-1)
         loss = (lse_j - lc_t - w * ls_t).mean()
         inv_j = sj.reciprocal()[:, None]
-        # the se block: its softmax, then w P + a_se P_se in place
-        top = ls.amax(dim=1)
-        ls.sub_(top[:, None]).exp_()
-        ss = ls.sum(dim=1)
-        if a_se:
-            loss = loss + a_se * (top + ss.log() - ls_t).mean()
-        ls.mul_(a_se * ss.reciprocal()[:, None]).addcmul_(pj, inv_j, value=w)
-        # the co block: P + a_co P_co in place
-        if a_co:
-            top = lc.amax(dim=1)
-            lc.sub_(top[:, None]).exp_()
-            sc = lc.sum(dim=1)
-            loss = loss + a_co * (top + sc.log() - lc_t).mean()
-            lc.mul_(a_co * sc.reciprocal()[:, None]).addcmul_(pj, inv_j)
-        else:
-            torch.mul(pj, inv_j, out=lc)
+        # each view's block becomes, in place, its gradient (less the one-hot terms):
+        # a P_view + scale P, with the view's own loss a CE(view) added where a > 0
+        for block, a, scale, own_t in ((ls, a_se, w, ls_t), (lc, a_co, 1.0, lc_t)):
+            if a:
+                top = block.amax(dim=1)
+                block.sub_(top[:, None]).exp_()
+                s = block.sum(dim=1)
+                loss = loss + a * (top + s.log() - own_t).mean()
+                block.mul_(a * s.reciprocal()[:, None]).addcmul_(pj, inv_j, value=scale)
+            else:
+                torch.mul(pj, inv_j * scale, out=block)
         _WORKSPACES.give(pj)
         ctx.save_for_backward(u_co, u_se, co_table, se_table, target,
                               ls_t if p_ls is not None else None)

@@ -99,13 +99,13 @@ class SequentialRecommender(nn.Module):
             # MELT's stage 1 is that id run
             with torch.random.fork_rng(devices=[]):
                 self.melt = MeltHeads(h)
-        if cfg.dual and cfg.freeze_co:
+        if cfg.co_frozen:
             for m in self.frozen_co_modules():
                 m.requires_grad_(False)
 
     def train(self, mode: bool = True) -> "SequentialRecommender":
         super().train(mode)
-        if self.cfg.dual and self.cfg.freeze_co:
+        if self.cfg.co_frozen:
             # a frozen tower gives the state it gives in evaluation (no dropout), so the
             # semantic tower learns the residual of the score that is served
             self.co.eval()
@@ -146,7 +146,7 @@ class SequentialRecommender(nn.Module):
         if self.is_gru:  # the paper's GRU4Rec: no scaling, positions or dropout (§4.2)
             return x
         x = x * math.sqrt(self.cfg.hidden) + self.pos_emb(pos)
-        if view is self.co and self.cfg.freeze_co and self.cfg.dual:
+        if view is self.co and self.cfg.co_frozen:
             return x                     # the frozen tower: as in evaluation
         return self.emb_dropout(x)
 
@@ -337,17 +337,17 @@ class SequentialRecommender(nn.Module):
             h = self.cfg.hidden
             return losses.two_view_ce(u[:, :h], u[:, h:], self.co.all(), self.se_rows(),
                                       self.se_log_weight, pos_ids, self.num_items,
-                                      0.0 if self.cfg.freeze_co else w, w)
+                                      0.0 if self.cfg.co_frozen else w, w)
         loss = self._objective(u, self.item_embeddings, pos_ids, neg_ids)
         if w and self.cfg.dual:
             # each view's own loss: its half of the state against its own item rows, so each
             # part is a recommender by itself, not only a correction of the other (a frozen
             # collaborative tower has nothing to learn from its own)
             h = self.cfg.hidden
-            own = [] if self.cfg.freeze_co else [
-                self._objective(u[:, :h], self._view_rows(self.co), pos_ids, neg_ids)]
-            own.append(self._objective(u[:, h:], self.se_rows, pos_ids, neg_ids))
-            loss = loss + w * sum(own[1:], own[0])
+            co_own = None if self.cfg.co_frozen else self._objective(
+                u[:, :h], self._view_rows(self.co), pos_ids, neg_ids)
+            se_own = self._objective(u[:, h:], self.se_rows, pos_ids, neg_ids)
+            loss = loss + w * (se_own if co_own is None else co_own + se_own)
         return loss
 
     @staticmethod

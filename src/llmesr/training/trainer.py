@@ -268,8 +268,8 @@ class Trainer:
             log(f"{self.run_dir} holds a run that stopped before its first epoch ended; "
                 "starting it again")
         self.resume = resume and progress_ == "checkpoint"
-        if (mcfg.model == "llmesr" and mcfg.freeze_co and self.init_from is None
-                and not self.resume and not evaluate_only):
+        if (mcfg.co_frozen and self.init_from is None and not self.resume
+                and not evaluate_only):
             raise LlmesrError("freeze_co keeps the collaborative tower as it starts: pass "
                               "--init-from a finished llminit (or id) run to start it from")
         # start afresh (fit clears what an earlier run wrote): a failure before the first
