@@ -427,6 +427,10 @@ def test_llmesr_frozen_co_tower_starts_from_an_llminit_run_and_stays_it(beauty_s
     # freezing needs a start, and the towers apart
     with pytest.raises(LlmesrError, match="--init-from"):
         _train(beauty_subset, tmp_path / "r2", "llmesr", freeze_co="true").fit()
+    # on the command line: one line, exit 2, no run folder left
+    assert main(["train", str(beauty_subset), "--model", "llmesr", "--set", "freeze_co=true",
+                 "--quiet", "--out", str(tmp_path / "r5")]) == 2
+    assert not (tmp_path / "r5").exists()
     with pytest.raises(LlmesrError, match="share_encoder=false"):
         build_configs("default", "sasrec", "llmesr", {"freeze_co": "true",
                                                       "share_encoder": "true"})
