@@ -188,13 +188,16 @@ def test_topk_small_catalogue_pads_with_zero_and_lists_minus_inf():
     assert top.tolist() == [[4, 1, 2, 0]]
 
 
+@pytest.mark.parametrize("pending", [0, 1, 1000])
 @pytest.mark.parametrize("trend", [1.0, -1.0, 0.0])
 @pytest.mark.parametrize("k", [1, 10])
-def test_topk_merge_paths_agree_with_the_reference(trend, k, monkeypatch):
+def test_topk_merge_paths_agree_with_the_reference(trend, k, pending, monkeypatch):
     """Scores growing with the item id (every block beats the lists: the dense fallback),
     falling with it (no later block enters) and without a trend (a few entries of each block
-    are picked out and merged), with ties, NaN, -inf and exclusions: the lists are the
-    reference's, and each path was taken."""
+    are picked out, left pending and merged in batches), with ties, NaN, -inf and exclusions:
+    the lists are the reference's, and each path was taken. ``pending``: merge at every
+    block's entries (0), after about the lists' size (1, the default), or once a tile (1000).
+    """
     rng = np.random.default_rng(5)
     n_items, n_users = 2000, 90
     items = rng.normal(size=(n_items + 1, 8)).astype(np.float32)
@@ -212,12 +215,16 @@ def test_topk_merge_paths_agree_with_the_reference(trend, k, monkeypatch):
     states, items = torch.from_numpy(states), torch.from_numpy(items)
     scores = (states @ items.T).numpy()
     scores[:, 0] = np.nan
-    dense, picked = [], []
-    real_top, real_hits = protocols._block_top, protocols._merge_hits
+    dense, picked, merges = [], [], []
+    real_top = protocols._block_top
+    real_add, real_flush = protocols._RunningTop.add, protocols._RunningTop.flush
     monkeypatch.setattr(protocols, "_block_top",
                         lambda s, start, kk: dense.append(len(s)) or real_top(s, start, kk))
-    monkeypatch.setattr(protocols, "_merge_hits", lambda v, i, s, cells, start, kk:
-                        picked.append(len(cells)) or real_hits(v, i, s, cells, start, kk))
+    monkeypatch.setattr(protocols._RunningTop, "add", lambda self, r, v, i:
+                        picked.append(len(r)) or real_add(self, r, v, i))
+    monkeypatch.setattr(protocols._RunningTop, "flush", lambda self:
+                        merges.append(self.n_pending) or real_flush(self))
+    monkeypatch.setattr(protocols._RunningTop, "PENDING", pending)
     _, top = full_ranking_ranks_factored(_states_fn(states), items, np.arange(n_users),
                                          targets, n_items, batch_size=64, item_block=256,
                                          exclude=exclude, progress=False, topk=k)
@@ -230,6 +237,14 @@ def test_topk_merge_paths_agree_with_the_reference(trend, k, monkeypatch):
         assert not picked and max(dense[1:blocks]) <= 2         # the NaN and the open row
     else:
         assert len(picked) >= blocks and max(dense[1:blocks]) <= 2
+        batched = [m for m in merges if m]
+        assert sum(batched) == sum(picked)                      # every entry merged once
+        if pending == 0:
+            assert len(batched) == len(picked)                  # a merge after each block
+        else:                                                   # several blocks a merge
+            assert len(batched) < len(picked)
+        if pending == 1000:
+            assert len(batched) == 2                            # once a tile
 
 
 def _reference_top_n(scores: np.ndarray, targets, exclude, k: int) -> np.ndarray:
@@ -341,9 +356,12 @@ def test_counts_in_the_float_workspace_equal_the_bool_counts(op):
     work = torch.full((40 * 301,), 7.0)                     # stale values are overwritten
     cols = scores[:, :250]                                  # a cut block (not contiguous)
     for s, w in ((scores, want), (cols, op(cols, edge).sum(dim=1))):
-        got = protocols._count(op, s, edge, work)
-        assert got.dtype == torch.int64 and torch.equal(got, w)
-    assert torch.equal(protocols._count(op, scores, edge, None), want)
+        acc = torch.full((37,), 5.0, dtype=torch.float64)   # the counts are added to it
+        protocols._count(op, s, edge, work, acc)
+        assert torch.equal(acc, w.to(torch.float64) + 5)
+    acc = torch.zeros(37, dtype=torch.float64)
+    protocols._count(op, scores, edge, None, acc)
+    assert torch.equal(acc, want.to(torch.float64))
 
 
 def test_input_errors_and_empty():

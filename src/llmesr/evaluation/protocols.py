@@ -219,9 +219,12 @@ StatesFn = Callable[[torch.Tensor], torch.Tensor]
 #: larger tiles amortise the kernel launches.
 BLOCK_CELLS_CPU = 1 << 20
 BLOCK_CELLS_CUDA = 1 << 24
-#: The default item block on a CPU: long enough rows for a cheap block top-k (torch.topk costs
-#: several times more per score on rows of 1024 than of 4096), 256 users per 2^20 tile.
-ITEM_BLOCK_CPU = 4096
+#: The default item block on a CPU: 1024 items (a 256 KiB slice of a 64-wide table, which
+#: stays in a core's L2 cache while the matmul streams the users past it), 1024 users per
+#: 2^20 tile. Matmul and count ran 0.85 against 1.03 ns per score for 256 x 4096 tiles
+#: (2 threads, 3 alternations); a ``torch.topk`` over whole blocks, which wanted long rows,
+#: now runs on the first block only (see :func:`_merge_block`).
+ITEM_BLOCK_CPU = 1024
 
 
 def default_block_cells(device: torch.device | str = "cpu") -> int:
@@ -312,10 +315,14 @@ def _target_scores(states: torch.Tensor, items: torch.Tensor, tgt: torch.Tensor,
 
 class _Exclusions:
     """One tile's excluded (row, item) pairs: unique, without 0 or the row's target, sorted
-    by item so that each item block's pairs are one slice."""
+    by item so that each item block's pairs are one slice.
+
+    ``flat``: each pair's index in the flattened (tile rows x ``width``) score block of its
+    item's block, so that a block's excluded scores are one ``index_select``.
+    """
 
     def __init__(self, exclude: Sequence[np.ndarray], start: int, stop: int,
-                 targets: np.ndarray, num_items: int, edges: np.ndarray,
+                 targets: np.ndarray, num_items: int, edges: np.ndarray, width: int,
                  device: torch.device):
         b = stop - start
         rows, items = _flatten(exclude, start, stop, num_items, "exclude list")
@@ -323,13 +330,13 @@ class _Exclusions:
         keys = np.unique(items[keep] * b + rows[keep])      # sorted by item, then row
         items, rows = keys // b, keys % b
         self.count = torch.from_numpy(np.bincount(rows, minlength=b)).to(device)
-        self.rows = torch.from_numpy(rows).to(device)
-        self.items = torch.from_numpy(items).to(device)
         self.bounds = np.searchsorted(items, edges).tolist()
+        first = edges[np.searchsorted(edges, items, side="right") - 1]
+        self.rows = torch.from_numpy(rows).to(device)
+        self.flat = torch.from_numpy(rows * width + (items - first)).to(device)
 
-    def of_block(self, j: int) -> tuple[torch.Tensor, torch.Tensor]:
-        lo, hi = self.bounds[j], self.bounds[j + 1]
-        return self.rows[lo:hi], self.items[lo:hi]
+    def __len__(self) -> int:
+        return len(self.rows)
 
 
 def _block_top(scores: torch.Tensor, start: int, k: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -387,43 +394,106 @@ def _listable(scores: torch.Tensor) -> torch.Tensor:
                              neginf=torch.finfo(scores.dtype).min)
 
 
-def _merge_block(best: tuple[torch.Tensor, torch.Tensor] | None, scores: torch.Tensor,
-                 start: int, k: int, work: torch.Tensor
-                 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The running top-k (values, ids) after the block of items ``start..``, whose scores
-    hold NaN where an item is not to be listed (NaN scores and excluded items); the block may
-    be overwritten.
+def _merge_block(top: "_RunningTop", scores: torch.Tensor, start: int,
+                 work: torch.Tensor) -> None:
+    """Take the block of items ``start..`` into the running lists ``top``; its scores hold NaN
+    where an item is not to be listed (NaN scores and excluded items); the block may be
+    overwritten.
 
     Blocks come in ascending item order, so an item of this block that only ties with a row's
     k-th value loses the tie (to a lower id): only the entries strictly above their row's k-th
     value can enter its list. After the first blocks they are few (about one per row and block
-    of 4,096 for random scores, against 10 for the first), so they are picked out of the block
-    and merged with two small stable sorts instead of a ``topk`` over the whole block. The
-    first block, rows whose list still has empty (-inf) slots, and a block with many entries
-    above the cut (scores that grow with the item id) go through :func:`_block_top`. The lists
-    are exactly those of merging every block whole.
+    for random scores), so they are picked out of the block and left pending in ``top``, to be
+    merged a batch at a time (:meth:`_RunningTop.flush`); the cut they are picked against is
+    each list's k-th value at its last merge, never above the true one, so nothing that could
+    enter is left out. The first block, rows whose list still has empty (-inf) slots, and a
+    block with many entries above the cut (scores that grow with the item id) go through
+    :func:`_block_top` and are merged at once. The lists are exactly those of merging every
+    block whole.
     """
-    if best is None or best[0].shape[1] < k:
-        return _merge_top(best, _block_top(_listable(scores), start, k), k)
-    values, ids = best
-    kth = values[:, k - 1:k]
-    hit = torch.gt(scores, kth, out=work[:scores.numel()].view(scores.shape))
+    k = top.k
+    if top.values is None or top.values.shape[1] < k:
+        best = None if top.values is None else (top.values, top.ids)
+        top.values, top.ids = _merge_top(best, _block_top(_listable(scores), start, k), k)
+        if top.values.shape[1] == k:
+            top.kth = top.values[:, k - 1:k].clone()
+        return
+    b = len(scores)
+    hit = torch.gt(scores, top.kth, out=work[:scores.numel()].view(scores.shape))
     counts = _chunk_counts(hit)
-    dense = kth[:, 0] == float("-inf")      # every admissible item of these rows competes
-    many = counts.sum() > 4 * k * len(scores)
+    many = bool(counts.sum() > 4 * k * b)
+    if many and top.n_pending:
+        top.flush()                              # the fresher cut may leave few entries
+        hit = torch.gt(scores, top.kth, out=hit)
+        counts = _chunk_counts(hit)
+        many = bool(counts.sum() > 4 * k * b)
+    dense = top.kth[:, 0] == float("-inf")       # every admissible item of these rows competes
     if many:
         dense |= counts.sum(dim=1) > 0
     cells = None if many else _hit_cells(hit, counts)
     if bool(dense.any()):
         rows = dense.nonzero().squeeze(1)
-        merged = _merge_top((values[rows], ids[rows]),
-                            _block_top(_listable(scores[rows]), start, k), k)
-        values[rows], ids[rows] = merged
+        values, ids = _merge_top((top.values[rows], top.ids[rows]),
+                                 _block_top(_listable(scores[rows]), start, k), k)
+        top.values[rows], top.ids[rows] = values, ids
+        top.kth[rows] = values[:, k - 1:k]
         if cells is not None:
             cells = cells[~dense[cells[:, 0]]]
     if cells is not None and len(cells):
-        _merge_hits(values, ids, scores, cells, start, k)
-    return best
+        r, c = cells[:, 0], cells[:, 1]
+        top.add(r, scores[r, c], c + start)
+
+
+class _RunningTop:
+    """A tile's running top-k lists (value descending, then id ascending) and the entries
+    picked out of later blocks that are not merged into them yet.
+
+    ``kth`` (b, 1) is each list's k-th value at its last merge: the lists only improve, so it
+    never exceeds the k-th value of the lists with every pending entry merged.
+    """
+
+    #: pending entries, as a multiple of the lists' size (b x k), that trigger a merge
+    PENDING = 1
+
+    def __init__(self, k: int):
+        self.k = k
+        self.values: torch.Tensor | None = None
+        self.ids: torch.Tensor | None = None
+        self.kth: torch.Tensor | None = None
+        self.pending: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+        self.n_pending = 0
+
+    def add(self, rows: torch.Tensor, values: torch.Tensor, ids: torch.Tensor) -> None:
+        """Entries (row, value, item id) for the lists, none of them already listed."""
+        self.pending.append((rows, values, ids))
+        self.n_pending += len(rows)
+        if self.n_pending > self.PENDING * self.values.numel():
+            self.flush()
+
+    def flush(self) -> None:
+        """Merge the pending entries into the lists, in place: three stable sorts (id, value,
+        row), so ties are settled by id whatever order the entries came in."""
+        if not self.n_pending:
+            return
+        r, v, i = (torch.cat(parts) for parts in zip(*self.pending))
+        self.pending, self.n_pending = [], 0
+        k = self.k
+        rows = torch.unique(r)                                   # sorted
+        m = len(rows)
+        row_of = torch.cat([torch.arange(m, device=r.device).repeat_interleave(k),
+                            torch.searchsorted(rows, r)])
+        vals = torch.cat([self.values[rows].reshape(-1), v])
+        item = torch.cat([self.ids[rows].reshape(-1), i])
+        order = item.sort(stable=True).indices                   # ids are unique in a row
+        order = order[vals[order].sort(descending=True, stable=True).indices]
+        order = order[row_of[order].sort(stable=True).indices]
+        per_row = torch.bincount(row_of, minlength=m)
+        first = torch.cumsum(per_row, 0) - per_row
+        keep = order[torch.arange(len(order), device=r.device) - first[row_of[order]] < k]
+        values = vals[keep].view(m, k)
+        self.values[rows] = values
+        self.ids[rows] = item[keep].view(m, k)
+        self.kth[rows] = values[:, k - 1:k]
 
 
 #: columns per chunk of :func:`_chunk_counts`
@@ -458,40 +528,20 @@ def _hit_cells(hit: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
     return torch.stack([r[i], cols[i, j]], dim=1)
 
 
-def _merge_hits(values: torch.Tensor, ids: torch.Tensor, scores: torch.Tensor,
-                cells: torch.Tensor, start: int, k: int) -> None:
-    """Merge the block entries ``cells`` ((row, column) pairs, row-major) into the rows'
-    lists ``values`` / ``ids`` (b, k), in place: value descending, then id ascending."""
-    r, c = cells[:, 0].contiguous(), cells[:, 1].contiguous()
-    rows = torch.unique(r)                                   # sorted
-    m = len(rows)
-    # each changed row's k entries, then its hits (in column order): within a row, ids ascend
-    # in this concatenation wherever the values tie, and the sorts are stable
-    row_of = torch.cat([torch.arange(m, device=r.device).repeat_interleave(k),
-                        torch.searchsorted(rows, r)])
-    vals = torch.cat([values[rows].reshape(-1), scores[r, c]])
-    item = torch.cat([ids[rows].reshape(-1), c + start])
-    order = vals.sort(descending=True, stable=True).indices
-    order = order[row_of[order].sort(stable=True).indices]
-    per_row = torch.bincount(row_of, minlength=m)
-    first = torch.cumsum(per_row, 0) - per_row
-    keep = order[torch.arange(len(order), device=r.device) - first[row_of[order]] < k]
-    values[rows] = vals[keep].view(m, k)
-    ids[rows] = item[keep].view(m, k)
-
-
-def _count(op, scores: torch.Tensor, edge: torch.Tensor,
-           work: torch.Tensor | None) -> torch.Tensor:
-    """Per row, how many of ``scores`` are ``op`` (torch.lt / torch.gt) than ``edge``: int64.
+def _count(op, scores: torch.Tensor, edge: torch.Tensor, work: torch.Tensor | None,
+           acc: torch.Tensor) -> None:
+    """Add to ``acc`` (float64, per row) how many of ``scores`` are ``op`` (torch.lt /
+    torch.gt) than ``edge``.
 
     With a float32 workspace ``work`` the comparison is written as 0.0 / 1.0 into it and summed
     as floats: on a CPU the reduction of a bool block is the slow part (3.7 against 1.3 ms for
     256 x 4,096, one thread), and a float sum of at most 2^24 zeros and ones is exact.
     """
     if work is None or scores.shape[1] >= 1 << 24:
-        return op(scores, edge).sum(dim=1)
+        acc += op(scores, edge).sum(dim=1)
+        return
     out = work[:scores.numel()].view(scores.shape)
-    return op(scores, edge, out=out).sum(dim=1).to(torch.int64)
+    acc += op(scores, edge, out=out).sum(dim=1)
 
 
 def _sweep(states: torch.Tensor, tgt: torch.Tensor, tgt_order: torch.Tensor,
@@ -502,50 +552,70 @@ def _sweep(states: torch.Tensor, tgt: torch.Tensor, tgt_order: torch.Tensor,
 
     Counts, per row, the admissible others below (``lt``) and above (``gt``) the target's
     score ``pos`` (None: read it from the only block) without a mask: every block is counted
-    whole (item 0 and rows > N are never in a block), then its excluded pairs' own
-    comparisons are subtracted. Records the target's score as this pass computed it
-    (``seen``) and, with ``topk``, keeps the running top-k (values, ids).
+    whole (item 0 and rows > N are never in a block), and its excluded pairs' scores are put
+    aside, their own comparisons subtracted after the sweep. Records the target's score as
+    this pass computed it (``seen``) and, with ``topk``, keeps the running top-k
+    (values, ids). Each block's target and excluded scores are one ``index_select`` each from
+    the flattened block (whose rows are ``blocks.width`` apart).
     """
     b = len(states)
     device = states.device
-    lt = torch.zeros(b, dtype=torch.int64, device=device)
-    gt = torch.zeros(b, dtype=torch.int64, device=device)
+    width = blocks.width
+    lt = torch.zeros(b, dtype=torch.float64, device=device)
+    gt = torch.zeros(b, dtype=torch.float64, device=device)
+    # the targets' places in their blocks, in target order (block j: tgt_bounds[j:j + 2])
+    tgt_sorted = tgt[tgt_order]
+    first = torch.from_numpy(blocks.edges).to(device)
+    first = first[torch.searchsorted(first, tgt_sorted, right=True) - 1]
+    tgt_flat = tgt_order * width + (tgt_sorted - first)
+    dtype = torch.float64 if states.dtype == torch.float64 else torch.float32   # the scores'
+    seen_sorted = torch.empty(b, dtype=dtype, device=device)
+    ex_vals = None if ex is None else torch.empty(len(ex), dtype=dtype, device=device)
     seen = None
-    best = None
+    top = _RunningTop(topk) if topk else None
     for j in range(len(blocks)):
         rows, start, real = blocks.block(j)
         full = _block_scores(states, rows, buf)
         scores = full[:, :real] if real < full.shape[1] else full
-        if seen is None:
-            seen = torch.empty(b, dtype=scores.dtype, device=device)
-        here = tgt_order[tgt_bounds[j]:tgt_bounds[j + 1]]
-        seen[here] = scores[here, tgt[here] - start]
+        flat = full.view(-1)
+        lo, hi = tgt_bounds[j], tgt_bounds[j + 1]
+        if hi > lo:
+            torch.index_select(flat, 0, tgt_flat[lo:hi], out=seen_sorted[lo:hi])
         if pos is None:                  # a single block: every target was just read
+            seen = torch.empty_like(seen_sorted)
+            seen[tgt_order] = seen_sorted
             pos = seen.clone()
         edge = pos[:, None]
         # The target compares equal to itself, so it adds to neither count (a NaN target is
         # handled by the caller); NaN others add to neither, which is what the policies want
         # (pessimistic = admissible - lt counts them ahead).
         if ties != "optimistic":
-            lt += _count(torch.lt, scores, edge, work)
+            _count(torch.lt, scores, edge, work, lt)
         if ties != "pessimistic":
-            gt += _count(torch.gt, scores, edge, work)
+            _count(torch.gt, scores, edge, work, gt)
         if ex is not None:
-            er, items = ex.of_block(j)
-            if len(er):
-                ec = items - start
-                ev = scores[er, ec]
-                if ties != "optimistic":
-                    lt.index_add_(0, er, (ev < pos[er]).to(torch.int64), alpha=-1)
-                if ties != "pessimistic":
-                    gt.index_add_(0, er, (ev > pos[er]).to(torch.int64), alpha=-1)
+            elo, ehi = ex.bounds[j], ex.bounds[j + 1]
+            if ehi > elo:
+                torch.index_select(flat, 0, ex.flat[elo:ehi], out=ex_vals[elo:ehi])
+                if topk:
+                    # the counts are done: excluded items become NaN, never listed
+                    flat.index_fill_(0, ex.flat[elo:ehi], float("nan"))
         if topk:
-            # the counts are done: the block may now be changed in place. Excluded items
-            # become NaN, which is never listed (see _merge_block).
-            if ex is not None and len(er):
-                scores[er, ec] = float("nan")
-            best = _merge_block(best, scores, start, topk, work)
-    return lt, gt, seen, pos, best
+            _merge_block(top, scores, start, work)
+    if seen is None:
+        seen = torch.empty_like(seen_sorted)
+        seen[tgt_order] = seen_sorted
+    if ex is not None and len(ex):
+        at = pos[ex.rows]
+        if ties != "optimistic":
+            lt.index_add_(0, ex.rows, (ex_vals < at).to(lt.dtype), alpha=-1)
+        if ties != "pessimistic":
+            gt.index_add_(0, ex.rows, (ex_vals > at).to(gt.dtype), alpha=-1)
+    best = None
+    if topk:
+        top.flush()
+        best = (top.values, top.ids)
+    return lt.to(torch.int64), gt.to(torch.int64), seen, pos, best
 
 
 def _rank_tile(states: torch.Tensor, targets: np.ndarray, start: int, stop: int,
@@ -561,7 +631,7 @@ def _rank_tile(states: torch.Tensor, targets: np.ndarray, start: int, stop: int,
     tgt_bounds = np.searchsorted(tgt_np[order], blocks.edges).tolist()
     tgt_order = torch.from_numpy(order).to(device)
     ex = None if exclude is None else _Exclusions(exclude, start, stop, targets, num_items,
-                                                  blocks.edges, device)
+                                                  blocks.edges, blocks.width, device)
     pos = None if len(blocks) == 1 else _target_scores(states, blocks.items, tgt, blocks.width)
     lt, gt, seen, pos, best = _sweep(states, tgt, tgt_order, tgt_bounds, blocks, ex, pos,
                                      ties, topk, buf, work)
