@@ -394,11 +394,11 @@ def _listable(scores: torch.Tensor) -> torch.Tensor:
                              neginf=torch.finfo(scores.dtype).min)
 
 
-def _merge_block(top: "_RunningTop", scores: torch.Tensor, start: int,
-                 work: torch.Tensor) -> None:
-    """Take the block of items ``start..`` into the running lists ``top``; its scores hold NaN
-    where an item is not to be listed (NaN scores and excluded items); the block may be
-    overwritten.
+def _merge_block(top: "_RunningTop", full: torch.Tensor, real: int, start: int) -> None:
+    """Take the block of items ``start..`` into the running lists ``top``: ``full`` is the
+    contiguous (b, width) score block, of which the first ``real`` columns are items; its
+    scores hold NaN where an item is not to be listed (NaN scores and excluded items); the
+    block may be overwritten.
 
     Blocks come in ascending item order, so an item of this block that only ties with a row's
     k-th value loses the tie (to a lower id): only the entries strictly above their row's k-th
@@ -412,6 +412,7 @@ def _merge_block(top: "_RunningTop", scores: torch.Tensor, start: int,
     block whole.
     """
     k = top.k
+    scores = full[:, :real] if real < full.shape[1] else full
     if top.values is None or top.values.shape[1] < k:
         best = None if top.values is None else (top.values, top.ids)
         top.values, top.ids = _merge_top(best, _block_top(_listable(scores), start, k), k)
@@ -419,29 +420,65 @@ def _merge_block(top: "_RunningTop", scores: torch.Tensor, start: int,
             top.kth = top.values[:, k - 1:k].clone()
         return
     b = len(scores)
-    hit = torch.gt(scores, top.kth, out=work[:scores.numel()].view(scores.shape))
-    counts = _chunk_counts(hit)
-    many = bool(counts.sum() > 4 * k * b)
+    peaks = _chunk_max(full)
+    dense = top.kth[:, 0] == float("-inf")       # every admissible item of these rows competes
+    r, v, c = _entries_above(full, real, peaks, top.kth, dense)
+    many = len(r) > 4 * k * b
     if many and top.n_pending:
         top.flush()                              # the fresher cut may leave few entries
-        hit = torch.gt(scores, top.kth, out=hit)
-        counts = _chunk_counts(hit)
-        many = bool(counts.sum() > 4 * k * b)
-    dense = top.kth[:, 0] == float("-inf")       # every admissible item of these rows competes
+        r, v, c = _entries_above(full, real, peaks, top.kth, dense)
+        many = len(r) > 4 * k * b
     if many:
-        dense |= counts.sum(dim=1) > 0
-    cells = None if many else _hit_cells(hit, counts)
+        dense |= torch.bincount(r, minlength=b) > 0
     if bool(dense.any()):
         rows = dense.nonzero().squeeze(1)
         values, ids = _merge_top((top.values[rows], top.ids[rows]),
                                  _block_top(_listable(scores[rows]), start, k), k)
         top.values[rows], top.ids[rows] = values, ids
         top.kth[rows] = values[:, k - 1:k]
-        if cells is not None:
-            cells = cells[~dense[cells[:, 0]]]
-    if cells is not None and len(cells):
-        r, c = cells[:, 0], cells[:, 1]
-        top.add(r, scores[r, c], c + start)
+        keep = ~dense[r]
+        r, v, c = r[keep], v[keep], c[keep]
+    if len(r):
+        top.add(r, v, c + start)
+
+
+#: columns per chunk of :func:`_chunk_max`
+HIT_CHUNK = 64
+
+
+def _chunk_max(full: torch.Tensor) -> torch.Tensor:
+    """(b, ceil(w / HIT_CHUNK)) maxima of a contiguous (b, w) block over chunks of
+    :data:`HIT_CHUNK` columns (the last chunk may be narrower); NaN where a chunk holds one.
+    One read of the block, nothing written back."""
+    b, w = full.shape
+    whole = w // HIT_CHUNK * HIT_CHUNK
+    parts = [full[:, :whole].view(b, -1, HIT_CHUNK).amax(dim=2)] if whole else []
+    if whole < w:
+        parts.append(full[:, whole:].amax(dim=1, keepdim=True))
+    return torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]
+
+
+def _entries_above(full: torch.Tensor, real: int, peaks: torch.Tensor, cut: torch.Tensor,
+                   skip: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The entries of a contiguous (b, w) block, columns below ``real``, strictly above their
+    row's ``cut`` (b, 1), rows ``skip`` left out: (rows, values, columns), row-major.
+
+    Only the chunks whose maximum ``peaks`` is not at or below the cut (above it, or NaN) are
+    read, by one ``index_select`` from the flattened block; a NaN entry is never above.
+    """
+    b, w = full.shape
+    look = ~(peaks <= cut)                       # above the cut, or a NaN inside
+    look &= ~skip[:, None]
+    chunks = look.nonzero()                      # row-major, chunks ascending
+    span = torch.arange(HIT_CHUNK, device=full.device)
+    r = chunks[:, 0]
+    cols = (chunks[:, 1] * HIT_CHUNK)[:, None] + span           # (n, HIT_CHUNK)
+    flat = (r * w)[:, None] + cols
+    flat.clamp_(max=b * w - 1)                   # the last row's last chunk may be narrower
+    vals = torch.index_select(full.view(-1), 0, flat.view(-1)).view(cols.shape)
+    found = ((vals > cut[r]) & (cols < real)).view(-1).nonzero().squeeze(1)
+    i = torch.div(found, HIT_CHUNK, rounding_mode="floor")
+    return r[i], vals.view(-1)[found], cols.view(-1)[found]
 
 
 class _RunningTop:
@@ -494,38 +531,6 @@ class _RunningTop:
         self.values[rows] = values
         self.ids[rows] = item[keep].view(m, k)
         self.kth[rows] = values[:, k - 1:k]
-
-
-#: columns per chunk of :func:`_chunk_counts`
-HIT_CHUNK = 64
-
-
-def _chunk_counts(hit: torch.Tensor) -> torch.Tensor:
-    """(b, ceil(w / HIT_CHUNK)) sums of a (b, w) 0/1 float block over chunks of
-    :data:`HIT_CHUNK` columns (the last chunk may be narrower): exact small integers."""
-    b, w = hit.shape
-    whole = w // HIT_CHUNK * HIT_CHUNK
-    parts = [hit[:, :whole].view(b, -1, HIT_CHUNK).sum(dim=2)] if whole else []
-    if whole < w:
-        parts.append(hit[:, whole:].sum(dim=1, keepdim=True))
-    return torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]
-
-
-def _hit_cells(hit: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
-    """The (row, column) pairs where ``hit`` is 1, row-major, read only from the chunks
-    :func:`_chunk_counts` found non-empty (``nonzero`` over a whole block costs more than
-    a ``topk`` of it)."""
-    w = hit.shape[1]
-    chunks = counts.nonzero()                                  # row-major, chunks ascending
-    if len(chunks) == 0:
-        return chunks
-    r = chunks[:, 0]
-    cols = chunks[:, 1:2] * HIT_CHUNK + torch.arange(HIT_CHUNK, device=hit.device)
-    inside = cols < w
-    cols = cols.clamp_(max=w - 1)
-    found = (hit[r[:, None], cols] > 0) & inside
-    i, j = found.nonzero().unbind(1)
-    return torch.stack([r[i], cols[i, j]], dim=1)
 
 
 def _count(op, scores: torch.Tensor, edge: torch.Tensor, work: torch.Tensor | None,
@@ -601,7 +606,7 @@ def _sweep(states: torch.Tensor, tgt: torch.Tensor, tgt_order: torch.Tensor,
                     # the counts are done: excluded items become NaN, never listed
                     flat.index_fill_(0, ex.flat[elo:ehi], float("nan"))
         if topk:
-            _merge_block(top, scores, start, work)
+            _merge_block(top, full, real, start)
     if seen is None:
         seen = torch.empty_like(seen_sorted)
         seen[tgt_order] = seen_sorted
