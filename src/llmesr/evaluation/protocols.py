@@ -269,6 +269,12 @@ class _ItemBlocks:
     def __len__(self) -> int:
         return len(self.starts)
 
+    def flat_index(self, rows: np.ndarray, items: np.ndarray) -> np.ndarray:
+        """Where each (tile row, item) score sits in its block's flattened (rows x ``width``)
+        score matrix."""
+        first = self.edges[np.searchsorted(self.edges, items, side="right") - 1]
+        return rows * self.width + (items - first)
+
     def block(self, j: int) -> tuple[torch.Tensor, int, int]:
         """(width, H) rows of block ``j``, its first item id and its number of real items."""
         start = self.starts[j]
@@ -322,7 +328,7 @@ class _Exclusions:
     """
 
     def __init__(self, exclude: Sequence[np.ndarray], start: int, stop: int,
-                 targets: np.ndarray, num_items: int, edges: np.ndarray, width: int,
+                 targets: np.ndarray, num_items: int, blocks: "_ItemBlocks",
                  device: torch.device):
         b = stop - start
         rows, items = _flatten(exclude, start, stop, num_items, "exclude list")
@@ -330,10 +336,9 @@ class _Exclusions:
         keys = np.unique(items[keep] * b + rows[keep])      # sorted by item, then row
         items, rows = keys // b, keys % b
         self.count = torch.from_numpy(np.bincount(rows, minlength=b)).to(device)
-        self.bounds = np.searchsorted(items, edges).tolist()
-        first = edges[np.searchsorted(edges, items, side="right") - 1]
+        self.bounds = np.searchsorted(items, blocks.edges).tolist()
         self.rows = torch.from_numpy(rows).to(device)
-        self.flat = torch.from_numpy(rows * width + (items - first)).to(device)
+        self.flat = torch.from_numpy(blocks.flat_index(rows, items)).to(device)
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -549,7 +554,7 @@ def _count(op, scores: torch.Tensor, edge: torch.Tensor, work: torch.Tensor | No
     acc += op(scores, edge, out=out).sum(dim=1)
 
 
-def _sweep(states: torch.Tensor, tgt: torch.Tensor, tgt_order: torch.Tensor,
+def _sweep(states: torch.Tensor, tgt_flat: torch.Tensor, tgt_order: torch.Tensor,
            tgt_bounds: list[int], blocks: _ItemBlocks, ex: _Exclusions | None,
            pos: torch.Tensor | None, ties: str, topk: int, buf: torch.Tensor | None,
            work: torch.Tensor):
@@ -561,18 +566,13 @@ def _sweep(states: torch.Tensor, tgt: torch.Tensor, tgt_order: torch.Tensor,
     aside, their own comparisons subtracted after the sweep. Records the target's score as
     this pass computed it (``seen``) and, with ``topk``, keeps the running top-k
     (values, ids). Each block's target and excluded scores are one ``index_select`` each from
-    the flattened block (whose rows are ``blocks.width`` apart).
+    the flattened block: ``tgt_flat`` holds the targets' places (:meth:`_ItemBlocks.flat_index`)
+    in target order, ``tgt_order``, block j's being ``tgt_bounds[j:j + 2]``.
     """
     b = len(states)
     device = states.device
-    width = blocks.width
     lt = torch.zeros(b, dtype=torch.float64, device=device)
     gt = torch.zeros(b, dtype=torch.float64, device=device)
-    # the targets' places in their blocks, in target order (block j: tgt_bounds[j:j + 2])
-    tgt_sorted = tgt[tgt_order]
-    first = torch.from_numpy(blocks.edges).to(device)
-    first = first[torch.searchsorted(first, tgt_sorted, right=True) - 1]
-    tgt_flat = tgt_order * width + (tgt_sorted - first)
     dtype = torch.float64 if states.dtype == torch.float64 else torch.float32   # the scores'
     seen_sorted = torch.empty(b, dtype=dtype, device=device)
     ex_vals = None if ex is None else torch.empty(len(ex), dtype=dtype, device=device)
@@ -635,16 +635,17 @@ def _rank_tile(states: torch.Tensor, targets: np.ndarray, start: int, stop: int,
     order = np.argsort(tgt_np, kind="stable")
     tgt_bounds = np.searchsorted(tgt_np[order], blocks.edges).tolist()
     tgt_order = torch.from_numpy(order).to(device)
+    tgt_flat = torch.from_numpy(blocks.flat_index(order, tgt_np[order])).to(device)
     ex = None if exclude is None else _Exclusions(exclude, start, stop, targets, num_items,
-                                                  blocks.edges, blocks.width, device)
+                                                  blocks, device)
     pos = None if len(blocks) == 1 else _target_scores(states, blocks.items, tgt, blocks.width)
-    lt, gt, seen, pos, best = _sweep(states, tgt, tgt_order, tgt_bounds, blocks, ex, pos,
+    lt, gt, seen, pos, best = _sweep(states, tgt_flat, tgt_order, tgt_bounds, blocks, ex, pos,
                                      ties, topk, buf, work)
     if not bool(((seen == pos) | (torch.isnan(seen) & torch.isnan(pos))).all()):
         # the sweep rounded some target's score differently from _target_scores: count again
         # against the sweep's own values (the same matmuls, hence the same values)
         pos = seen
-        lt, gt, _, _, _ = _sweep(states, tgt, tgt_order, tgt_bounds, blocks, ex, pos, ties, 0,
+        lt, gt, _, _, _ = _sweep(states, tgt_flat, tgt_order, tgt_bounds, blocks, ex, pos, ties, 0,
                                  buf, work)
     n_valid = num_items - 1 - (0 if ex is None else ex.count)     # not 0, not the target
     n_valid = torch.as_tensor(n_valid, dtype=torch.int64, device=device).expand(b)
